@@ -1,0 +1,1 @@
+"""Pure tensor kernels (no graph knowledge): row caches, tile geometry, gather/scatter."""

@@ -1,0 +1,128 @@
+"""Canonical ops: the one functional spelling of every op fxsparse understands.
+
+``normalize.canonicalize`` rewrites module calls (``nn.Conv2d``), functionals
+(``F.relu``), tensor methods (``x.relu()``) and in-place forms (``relu_``,
+``+=``) into calls of the functions below, with all hyper-parameters resolved to
+plain tuples. The normalized graph still runs densely (it is an ordinary
+``GraphModule``), and change rules are keyed by these functions alone.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+
+# -- activations ---------------------------------------------------------------
+# An activation is named by a hashable spec: (name, *params).
+
+_ACTIVATIONS = {
+    "relu": lambda x: F.relu(x),
+    "hardtanh": lambda x, lo, hi: F.hardtanh(x, lo, hi),  # relu6 is ("hardtanh", 0.0, 6.0)
+    "leaky_relu": lambda x, slope: F.leaky_relu(x, slope),
+    "elu": lambda x, alpha: F.elu(x, alpha),
+    "hardswish": lambda x: F.hardswish(x),
+    "hardsigmoid": lambda x: F.hardsigmoid(x),
+    "sigmoid": lambda x: torch.sigmoid(x),
+    "silu": lambda x: F.silu(x),
+    "mish": lambda x: F.mish(x),
+    "gelu": lambda x, approximate: F.gelu(x, approximate=approximate),
+    "tanh": lambda x: torch.tanh(x),
+}
+ACTIVATION_NAMES = frozenset(_ACTIVATIONS)
+
+
+def apply_activation(x: torch.Tensor, spec: tuple | None) -> torch.Tensor:
+    """Apply the activation named by ``spec`` (or nothing when ``spec`` is None)."""
+    if spec is None:
+        return x
+    return _ACTIVATIONS[spec[0]](x, *spec[1:])
+
+
+def activation(x: torch.Tensor, spec: tuple) -> torch.Tensor:
+    """Pointwise activation ``spec`` = (name, *params)."""
+    return _ACTIVATIONS[spec[0]](x, *spec[1:])
+
+
+# -- window ops (their output position depends on a k x k input window) --------
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups, act=None):
+    """Conv with explicit (top, bottom, left, right) zero padding and a fused activation."""
+    top, bottom, left, right = padding
+    if top == bottom and left == right:
+        y = F.conv2d(x, weight, bias, stride, (top, left), dilation, groups)
+    else:
+        y = F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, stride, 0, dilation, groups)
+    return apply_activation(y, act)
+
+
+def conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation):
+    return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode):
+    return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    return F.adaptive_avg_pool2d(x, output_size)
+
+
+# -- global ops ----------------------------------------------------------------
+
+
+def spatial_mean(x, keepdim):
+    """Mean over H and W (``adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))``)."""
+    return x.mean((2, 3), keepdim=keepdim)
+
+
+# -- pointwise -----------------------------------------------------------------
+
+
+def affine(x, scale, shift):
+    """Per-channel ``x * scale + shift`` (an eval-mode BatchNorm that was not folded)."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return x * scale.view(shape) + shift.view(shape)
+
+
+BINARY_OPS = (operator.add, operator.sub, operator.mul, operator.truediv)
+
+
+def cat(tensors, dim):
+    return torch.cat(tensors, dim)
+
+
+# -- resampling ----------------------------------------------------------------
+
+
+def interpolate(x, size, scale_factor, mode, align_corners, recompute_scale_factor):
+    return F.interpolate(
+        x,
+        size=size,
+        scale_factor=scale_factor,
+        mode=mode,
+        align_corners=align_corners,
+        recompute_scale_factor=recompute_scale_factor,
+    )
+
+
+def pad(x, pad, value):
+    """Constant padding, ``pad`` = (left, right, top, bottom); negative entries crop."""
+    return F.pad(x, pad, "constant", value)
+
+
+# -- per-row ops (batch rows are independent; no spatial structure) ------------
+
+
+def flatten(x, start_dim, end_dim):
+    return torch.flatten(x, start_dim, end_dim)
+
+
+def linear(x, weight, bias):
+    return F.linear(x, weight, bias)

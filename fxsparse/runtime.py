@@ -1,0 +1,493 @@
+"""``SparseModule``: the streaming model ``transform`` returns, and the engine that runs it.
+
+Per frame the engine walks the normalized graph once. For each node it
+propagates the change mask (the node's rule), lets registered hooks read old
+values, then recomputes the masked part into the node's cache. The first
+frame of the streams runs the dense model and fills the caches.
+
+Note [Value kinds]: every node's value is one of
+
+* ``spatial``: a ``[B, C, H, W]`` activation, cached in a :class:`RowCache`;
+  mask ``[B, 1, H, W]``.
+* ``rows``: any other tensor whose dim 0 is the batch (vectors, logits);
+  cached as a tensor; mask ``[B, 1]``.
+* ``const``: does not depend on pixel values (parameters, shapes, anything
+  computed from them); computed once, mask ``None``.
+* ``container``: anything else (tuples, dicts, scalars computed from data);
+  stored as is, mask = one bool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import InputError, InputTypeError
+from .kernels import tiles as T
+from .kernels.rows import RowCache
+from .rules import ChangeRule, get_change_rule
+from .rules.masks import mask_shape
+from .stats import CoverageEntry, CoverageReport, FrameStats, LayerStats
+
+_METADATA_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
+_METADATA_METHODS = {"size", "dim", "numel", "ndimension", "type"}
+
+
+def _is_metadata(node: fx.Node) -> bool:
+    """Does the node read only tensor metadata (never changes between frames)?"""
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in _METADATA_ATTRS
+    return node.op == "call_method" and node.target in _METADATA_METHODS
+
+
+def _fallback_rule() -> ChangeRule:
+    def propagate(step, ctx):
+        changed = any(ctx.changed_any(n) for n in step.tensor_inputs)
+        if step.kind in ("spatial", "rows"):
+            return torch.full(mask_shape(step.shape), float(changed))
+        return changed
+
+    def execute(step, ctx, mask):
+        ctx.store(step.node, ctx.run_dense(step, None))
+        return step.macs_per_position * (step.shape[0] if step.kind == "rows" else 0)
+
+    return ChangeRule("dense", propagate, execute, exact=True)
+
+
+FALLBACK = _fallback_rule()
+
+
+@dataclass
+class Step:
+    """One graph node compiled for the sparse runtime."""
+
+    node: fx.Node
+    name: str
+    kind: str
+    shape: tuple | None
+    rule: ChangeRule
+    consts: list
+    input_kinds: list[str]
+    input_shapes: list
+    fallback_reason: str | None = None
+    macs_per_position: int = 0
+    config: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+
+    @property
+    def tensor_inputs(self) -> list[fx.Node]:
+        return self.node.all_input_nodes
+
+    def input_kind(self, i: int) -> str:
+        return self.input_kinds[i]
+
+    def input_shape(self, i: int):
+        return self.input_shapes[i]
+
+    @property
+    def op(self) -> str:
+        t = self.node.target
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        if name == "activation":
+            name = self.node.args[1][0]
+        if name == "conv2d" and self.node.args[7] is not None:
+            name = f"conv2d+{self.node.args[7][0]}"
+        if name == "conv2d":
+            k = self.consts[1].shape[2:]
+            name += f" {k[0]}x{k[1]}"
+        return name
+
+
+class _Capture(fx.Interpreter):
+    """Runs the graph densely and keeps every node's value (the first frame)."""
+
+    def __init__(self, gm):
+        super().__init__(gm, garbage_collect_values=False)
+        self.values = {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+class Engine:
+    """The caches of all streams and the compiled steps; passed to rules as ``ctx``."""
+
+    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int):
+        self.gm = gm
+        self.tile_size = tile_size
+        self.batch = x.shape[0]
+        self.frame_shape = tuple(x.shape[1:])
+        self.values: dict[fx.Node, object] = {}
+        self.kinds: dict[fx.Node, str] = {}
+        self.hooks: dict[fx.Node, list] = {}
+        self.masks: dict[fx.Node, object] = {}
+        self._positions: dict[fx.Node, torch.Tensor] = {}
+        self.placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+        self.output_node = next(n for n in gm.graph.nodes if n.op == "output")
+        capture = _Capture(gm)
+        self.first_output = capture.run(x)
+        self.steps: list[Step] = []
+        for node in gm.graph.nodes:
+            if node.op == "output":
+                continue
+            self._adopt(node, capture.values[node])
+        for node in gm.graph.nodes:
+            if node.op in ("placeholder", "output", "get_attr") or self.kinds[node] == "const":
+                continue
+            self.steps.append(self._compile(node))
+        for step in self.steps:
+            step.rule.prepare(step, self)
+
+    # -- building ------------------------------------------------------------------
+
+    def _adopt(self, node: fx.Node, value) -> None:
+        """Classify a first-frame value (Note [Value kinds]) and cache it."""
+        inputs = node.all_input_nodes
+        if node.op == "placeholder":
+            kind, value = "spatial", RowCache.from_tensor(value)
+        elif node.op == "get_attr" or _is_metadata(node) or (inputs and all(self.kinds[n] == "const" for n in inputs)):
+            kind = "const"
+        elif isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[0] == self.batch:
+            kind, value = "spatial", RowCache.from_tensor(value)
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self.batch:
+            kind, value = "rows", value.clone()
+        else:
+            kind = "container"
+        self.kinds[node] = kind
+        self.values[node] = value
+
+    def _shape(self, node):
+        v = self.values[node]
+        if isinstance(v, RowCache):
+            return v.shape
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+    def _compile(self, node: fx.Node) -> Step:
+        consts = [self.values[a] if isinstance(a, fx.Node) and self.kinds[a] == "const" else None for a in node.args]
+        inputs = node.all_input_nodes
+        step = Step(
+            node=node,
+            name=node.meta.get("fxsparse_name", node.name),
+            kind=self.kinds[node],
+            shape=self._shape(node),
+            rule=FALLBACK,
+            consts=consts,
+            input_kinds=[self.kinds[n] for n in inputs],
+            input_shapes=[self._shape(n) for n in inputs],
+        )
+        rule = get_change_rule(node.target) if node.op == "call_function" else None
+        if rule is None:
+            what = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)
+            step.fallback_reason = f"no change rule for {node.op} {what}"
+        else:
+            reason = rule.applies(step)
+            if reason is None:
+                step.rule = rule
+                step.macs_per_position = int(rule.macs_per_position(step))
+            else:
+                step.fallback_reason = reason
+        return step
+
+    # -- the context rules use -----------------------------------------------------
+
+    def cache(self, node: fx.Node) -> RowCache:
+        return self.values[node]
+
+    def value(self, node: fx.Node):
+        return self.values[node]
+
+    def kind(self, node: fx.Node) -> str:
+        return self.kinds[node]
+
+    def mask(self, node):
+        return self.masks.get(node) if isinstance(node, fx.Node) else None
+
+    def changed_any(self, node: fx.Node) -> bool:
+        m = self.masks.get(node)
+        if m is None or isinstance(m, bool):
+            return bool(m)
+        return bool(m.any())
+
+    def positions(self, node: fx.Node) -> torch.Tensor:
+        pos = self._positions.get(node)
+        if pos is None:
+            pos = self._positions[node] = T.positions(self.masks[node])
+        return pos
+
+    def add_before_write_hook(self, node: fx.Node, fn) -> None:
+        self.hooks.setdefault(node, []).append(fn)
+
+    def resolve(self, arg, streams=None):
+        """Current value of ``arg`` (Nodes become tensors; spatial ones channels-last views)."""
+
+        def one(n):
+            v, kind = self.values[n], self.kinds[n]
+            if kind == "spatial":
+                return v.read_streams(streams)
+            if kind == "rows" and streams is not None:
+                return v[streams]
+            return v
+
+        return fx.node.map_arg(arg, one)
+
+    def run_dense(self, step: Step, streams):
+        """Run the node's op on full inputs (of ``streams`` only, when given)."""
+        node = step.node
+        args = self.resolve(node.args, streams)
+        kwargs = self.resolve(node.kwargs, streams)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        return self.gm.get_submodule(node.target)(*args, **kwargs)
+
+    def store(self, node: fx.Node, value) -> None:
+        """Replace a node's whole value (dense fallbacks, container elements)."""
+        kind = self.kinds[node]
+        if kind == "spatial":
+            self.values[node].write_streams(None, value)
+        elif kind == "rows":
+            self.values[node].copy_(value)
+        else:
+            self.values[node] = value
+
+    # -- per frame -------------------------------------------------------------------
+
+    def input_mask(self, x: torch.Tensor, threshold: float, full_streams: torch.Tensor | None) -> torch.Tensor:
+        ref = self.values[self.placeholder].view()
+        mask = ((x - ref).abs().amax(1, keepdim=True) > threshold).to(x.dtype)
+        if full_streams is not None and len(full_streams):
+            mask[full_streams] = 1.0
+        return mask
+
+    def step_frame(self, x: torch.Tensor, mask_in: torch.Tensor) -> FrameStats:
+        self.masks = {self.placeholder: mask_in}
+        self._positions = {}
+        stats = FrameStats(changed_fraction=mask_in.flatten(1).mean(1).tolist())
+        self._update_reference(x)
+        for step in self.steps:
+            mask = step.rule.propagate(step, self)
+            self.masks[step.node] = mask
+            if isinstance(mask, torch.Tensor):
+                changed = float(mask.sum())
+                fraction = changed / mask.numel()
+                positions = mask.numel() if step.kind == "spatial" else mask.shape[0]
+            else:
+                changed = fraction = float(bool(mask))
+                positions = 1
+            executed = 0
+            if changed:
+                for hook in self.hooks.get(step.node, ()):
+                    hook(mask)
+                executed = step.rule.execute(step, self, mask)
+            per_position = step.macs_per_position
+            layer = LayerStats(
+                step.name, step.op, fraction, per_position * positions, int(per_position * changed), int(executed)
+            )
+            stats.layers.append(layer)
+        self._finish(stats)
+        return stats
+
+    def _update_reference(self, x: torch.Tensor) -> None:
+        node = self.placeholder
+        for hook in self.hooks.get(node, ()):
+            hook(self.masks[node])
+        ref = self.values[node]
+        pos = self.positions(node)
+        if len(pos) > ref.positions // 2:
+            ref.write_streams(None, x)
+        elif len(pos):
+            ref.buf.index_copy_(0, pos, x.permute(0, 2, 3, 1).reshape(-1, ref.shape[1]).index_select(0, pos))
+
+    def dense_stats(self) -> FrameStats:
+        """Stats of the first (dense) frame."""
+        stats = FrameStats(changed_fraction=[1.0] * self.batch, dense=True)
+        for step in self.steps:
+            positions = self._positions_of(step)
+            macs = step.macs_per_position * positions
+            stats.layers.append(LayerStats(step.name, step.op, 1.0, macs, macs, macs))
+        self._finish(stats)
+        return stats
+
+    def unchanged_stats(self) -> FrameStats:
+        stats = FrameStats(changed_fraction=[0.0] * self.batch)
+        for step in self.steps:
+            macs = step.macs_per_position * self._positions_of(step)
+            stats.layers.append(LayerStats(step.name, step.op, 0.0, macs, 0, 0))
+        self._finish(stats)
+        return stats
+
+    def _positions_of(self, step: Step) -> int:
+        if step.kind == "spatial":
+            b, _, h, w = step.shape
+            return b * h * w
+        return step.shape[0] if step.kind == "rows" else 0
+
+    def _finish(self, stats: FrameStats) -> None:
+        stats.macs_dense = sum(r.macs_dense for r in stats.layers)
+        stats.macs_cone = sum(r.macs_cone for r in stats.layers)
+        stats.macs_executed = sum(r.macs_executed for r in stats.layers)
+        stats.cache_bytes = self.cache_bytes()
+
+    def cache_bytes(self) -> int:
+        total = 0
+        for node, v in self.values.items():
+            if isinstance(v, RowCache):
+                total += v.nbytes
+            elif self.kinds[node] == "rows":
+                total += v.numel() * v.element_size()
+        return total
+
+    def output(self):
+        """The model's output from the caches (copied, so later frames never change it)."""
+
+        def one(n):
+            v = self.values[n]
+            if isinstance(v, RowCache):
+                return v.view().contiguous()
+            return v.clone() if isinstance(v, torch.Tensor) else v
+
+        return fx.node.map_arg(self.output_node.args[0], one)
+
+    def coverage(self) -> CoverageReport:
+        entries = [CoverageEntry(self.placeholder.name, "input", "input", "reference frame")]
+        for step in self.steps:
+            entries.append(
+                CoverageEntry(
+                    step.name, step.op, step.rule.name, step.config.get("lowering", "rows" if step.kind == "rows" else "positions"),
+                    step.fallback_reason,
+                )
+            )
+        return CoverageReport(entries)
+
+
+class SparseModule(nn.Module):
+    """A model that recomputes, per stream, only what a frame's changes can reach.
+
+    Made by :func:`fxsparse.transform`. Call it with ``[B, C, H, W]`` frames;
+    batch row ``b`` is stream ``b`` and keeps its own caches. It returns what
+    the original model returns.
+    """
+
+    def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
+                 in_channels: int | None = None):
+        super().__init__()
+        self.graph_module = graph_module
+        self.input_threshold = float(input_threshold)
+        self.tile_size = int(tile_size)
+        self.in_channels = in_channels
+        self._engine: Engine | None = None
+        self._full_streams: torch.Tensor | None = None
+        self.stats: FrameStats | None = None
+        dtypes = {p.dtype for p in graph_module.buffers()} | {p.dtype for p in graph_module.parameters()}
+        self._dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+    # -- public API ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor):
+        self._check_frame(x)
+        if self._engine is None:
+            self._engine = Engine(self.graph_module, x, self.tile_size)
+            self._full_streams = None
+            self.stats = self._engine.dense_stats()
+            return self._engine.output()
+        engine = self._engine
+        mask = engine.input_mask(x, self.input_threshold, self._full_streams)
+        self._full_streams = None
+        if not mask.any():
+            self.stats = engine.unchanged_stats()
+        else:
+            self.stats = engine.step_frame(x, mask)
+        return engine.output()
+
+    def reset(self, streams=None) -> None:
+        """Forget the state of all streams, or of the given batch indices.
+
+        A reset stream runs fully on its next frame (the first frame after a
+        full reset runs the dense model). Resetting everything also allows a
+        new batch size or frame size.
+        """
+        if streams is None or self._engine is None:
+            self._engine = None
+            self._full_streams = None
+            return
+        idx = torch.as_tensor(streams, dtype=torch.long).view(-1)
+        batch = self._engine.batch
+        if len(idx) and (idx.min() < 0 or idx.max() >= batch):
+            raise InputError(
+                f"reset(streams={list(idx.tolist())}): this module holds {batch} streams (indices 0..{batch - 1}). "
+                "Hint: pass batch indices of the frames you feed, or reset() to forget every stream."
+            )
+        prev = self._full_streams if self._full_streams is not None else idx[:0]
+        self._full_streams = torch.unique(torch.cat([prev, idx]))
+
+    def coverage(self, example: torch.Tensor | None = None) -> CoverageReport:
+        """Every graph node with its change rule, and each dense fallback with its reason.
+
+        Rules depend on shapes, so before the first frame a small example frame
+        (or ``example``) is traced through a throwaway engine; no state changes.
+        """
+        if self._engine is not None and example is None:
+            return self._engine.coverage()
+        if example is None:
+            example = torch.zeros(1, self.in_channels or 3, 224, 224, dtype=self._dtype)
+        with torch.inference_mode():
+            return Engine(self.graph_module, example, self.tile_size).coverage()
+
+    @property
+    def num_streams(self) -> int:
+        return 0 if self._engine is None else self._engine.batch
+
+    # -- input contract --------------------------------------------------------------
+
+    def _check_frame(self, x) -> None:
+        """Reject a bad frame before any state changes (Contracts: bad input)."""
+        if not isinstance(x, torch.Tensor):
+            raise InputTypeError(
+                f"expected a torch.Tensor frame batch [B, C, H, W], got {type(x).__name__}. "
+                "Hint: convert with torch.as_tensor(frame).permute(2, 0, 1)[None].float()."
+            )
+        if not x.is_floating_point():
+            raise InputTypeError(
+                f"expected a floating-point frame, got dtype {x.dtype}. "
+                f"Hint: convert with x.to({self._dtype}) (and scale pixels as the model expects, e.g. / 255)."
+            )
+        if x.dtype != self._dtype:
+            raise InputTypeError(f"frame dtype {x.dtype} differs from the model's {self._dtype}. Hint: x.to({self._dtype}).")
+        if x.dim() != 4:
+            raise InputError(
+                f"expected a 4-D batch [B, C, H, W] (one frame per stream), got shape {tuple(x.shape)}. "
+                "Hint: add the batch dim with x.unsqueeze(0)."
+            )
+        if self.in_channels is not None and x.shape[1] != self.in_channels:
+            raise InputError(
+                f"the model takes {self.in_channels} input channels, the frame has {x.shape[1]} (shape {tuple(x.shape)}). "
+                "Hint: check the channel order, [B, C, H, W], not [B, H, W, C]."
+            )
+        engine = self._engine
+        if engine is not None:
+            if x.shape[0] != engine.batch:
+                raise InputError(
+                    f"batch of {x.shape[0]} frames, but this module holds {engine.batch} streams. "
+                    "Hint: feed one frame per stream each call, or reset() to start over with a new set of streams."
+                )
+            if tuple(x.shape[1:]) != engine.frame_shape:
+                raise InputError(
+                    f"frame size {tuple(x.shape[1:])} differs from the streams' {engine.frame_shape}. "
+                    "Hint: resize frames to the stream's size, or reset() to start the streams over at the new size."
+                )
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise InputError(
+                f"the frame contains {bad} NaN or infinite values. Hint: check the decoder / normalisation; "
+                "the stream state was left unchanged."
+            )
+
+
+__all__ = ["SparseModule", "Engine", "Step"]

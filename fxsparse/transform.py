@@ -1,0 +1,84 @@
+"""``transform``: trace, normalize, and wrap a model as a :class:`SparseModule`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch.fx as fx
+from torch import nn
+
+from . import ops
+from .errors import FxSparseError
+from .normalize import normalize
+from .runtime import SparseModule
+from .trace import trace_model
+
+
+def _in_channels(gm: fx.GraphModule) -> int | None:
+    """Channel count the first conv expects of the input, if the input feeds a conv directly."""
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    for user in placeholder.users:
+        if user.target is ops.conv2d and user.args[0] is placeholder:
+            w = getattr(gm, user.args[1].target)
+            return w.shape[1] * user.args[6]
+    return None
+
+
+def transform(
+    model: nn.Module,
+    *,
+    input_threshold: float = 0.0,
+    tile_size: int = 8,
+    leaf_modules: Iterable[type[nn.Module]] = (),
+    autowrap_functions: Iterable[Callable] = (),
+) -> SparseModule:
+    """Turn ``model`` into a streaming model that recomputes only what changed.
+
+    Args:
+        model: an ``nn.Module`` that ``torch.fx.symbolic_trace`` can trace, or a
+            ``GraphModule``. It is traced in eval mode and its mode is restored;
+            weights are snapshotted (later edits to ``model`` are not seen).
+        input_threshold: a pixel counts as changed when
+            ``max over channels |x - reference| > input_threshold``; the
+            reference is updated only there. ``0.0`` (default) is exact: the
+            output equals ``model(x)``. Above 0 the output equals the model on
+            the reference frame.
+        tile_size: output tile edge of the tiled conv lowering.
+        leaf_modules: module types not to trace into (they run dense).
+        autowrap_functions: free functions recorded as single calls.
+
+    Returns:
+        A :class:`SparseModule`; call it with ``[B, C, H, W]`` frames, one per stream.
+
+    Raises:
+        TraceFailedError: the model cannot be traced (the message names the line and the fix).
+
+    Example:
+        >>> import torch, fxsparse
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        >>> sm = fxsparse.transform(net)
+        >>> y0 = sm(torch.rand(1, 3, 32, 32))      # first frame: dense, fills the caches
+        >>> sm.stats.dense
+        True
+    """
+    if input_threshold < 0:
+        raise ValueError(f"input_threshold must be >= 0, got {input_threshold}. Hint: 0.0 means exact.")
+    if tile_size < 1:
+        raise ValueError(f"tile_size must be >= 1, got {tile_size}.")
+    was_training = model.training
+    model.eval()
+    try:
+        gm = trace_model(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+        if gm is model:  # never rewrite the user's own GraphModule
+            gm = fx.GraphModule(model, model.graph.__deepcopy__() if hasattr(model.graph, "__deepcopy__") else model.graph)
+    finally:
+        model.train(was_training)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise FxSparseError(
+            f"{type(model).__name__}.forward takes {len(placeholders)} inputs; fxsparse streams one frame tensor. "
+            "Hint: wrap the model in a module whose forward(x) takes the frame and supplies the other arguments."
+        )
+    gm = normalize(gm)
+    gm.eval()
+    return SparseModule(gm, input_threshold=input_threshold, tile_size=tile_size, in_channels=_in_channels(gm))
