@@ -92,6 +92,10 @@ def _module_form(graph, consts, m: nn.Module, qualname: str, x: fx.Node, args, k
         return None
     if type(m) in _ACT_MODULES:
         return ops.activation, (x, _ACT_MODULES[type(m)](m))
+    if isinstance(m, nn.PReLU):
+        return ops.prelu, (x, consts.add(graph, m.weight, qualname + ".weight"))
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)) and m.dim is not None:
+        return ops.softmax, (x, m.dim, isinstance(m, nn.LogSoftmax))
     if isinstance(m, _IDENTITY_MODULES):
         return "identity", (x,)
     if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
@@ -178,6 +182,14 @@ def _function_form(target, args, kwargs):
             if len(args) != 1 or any(k != "inplace" for k in kwargs):
                 return None
             return ops.activation, (x, (act,))
+    if is_(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, methods=("softmax", "log_softmax")):
+        dim = _arg(args, kwargs, 1, "dim")
+        if dim is None or kwargs.get("dtype") is not None or kwargs.get("_stacklevel") not in (None, 3):
+            return None
+        log = target in (F.log_softmax, torch.log_softmax) or name == "log_softmax"
+        return ops.softmax, (x, dim, log)
+    if is_(F.prelu, torch.prelu):
+        return ops.prelu, (x, _arg(args, kwargs, 1, "weight"))
     if is_(F.relu6):
         return ops.activation, (x, ("hardtanh", 0.0, 6.0))
     if is_(F.hardtanh, F.hardtanh_):

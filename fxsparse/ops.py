@@ -91,6 +91,16 @@ def affine(x, scale, shift):
     return x * scale.view(shape) + shift.view(shape)
 
 
+def prelu(x, weight):
+    """PReLU with one slope per channel (or one for all)."""
+    return F.prelu(x, weight)
+
+
+def softmax(x, dim, log):
+    """Softmax (or log-softmax) along ``dim``; along channels it is pointwise per position."""
+    return F.log_softmax(x, dim) if log else F.softmax(x, dim)
+
+
 BINARY_OPS = (operator.add, operator.sub, operator.mul, operator.truediv)
 
 

@@ -117,9 +117,10 @@ class _Capture(fx.Interpreter):
 class Engine:
     """The caches of all streams and the compiled steps; passed to rules as ``ctx``."""
 
-    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int):
+    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int, dense_switch: float):
         self.gm = gm
         self.tile_size = tile_size
+        self.dense_switch = dense_switch
         self.batch = x.shape[0]
         self.frame_shape = tuple(x.shape[1:])
         self.values: dict[fx.Node, object] = {}
@@ -300,7 +301,8 @@ class Engine:
         ref = self.values[node]
         pos = self.positions(node)
         if len(pos) > ref.positions // 2:
-            ref.write_streams(None, x)
+            # unchanged pixels keep their reference value (they may differ by up to the threshold)
+            ref.write_streams(None, torch.where(self.masks[node] > 0, x, ref.view()))
         elif len(pos):
             ref.buf.index_copy_(0, pos, x.permute(0, 2, 3, 1).reshape(-1, ref.shape[1]).index_select(0, pos))
 
@@ -375,11 +377,12 @@ class SparseModule(nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
-                 in_channels: int | None = None):
+                 dense_switch: float = 0.6, in_channels: int | None = None):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)
         self.tile_size = int(tile_size)
+        self.dense_switch = float(dense_switch)
         self.in_channels = in_channels
         self._engine: Engine | None = None
         self._full_streams: torch.Tensor | None = None
@@ -393,7 +396,7 @@ class SparseModule(nn.Module):
     def forward(self, x: torch.Tensor):
         self._check_frame(x)
         if self._engine is None:
-            self._engine = Engine(self.graph_module, x, self.tile_size)
+            self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch)
             self._full_streams = None
             self.stats = self._engine.dense_stats()
             return self._engine.output()
@@ -438,7 +441,7 @@ class SparseModule(nn.Module):
         if example is None:
             example = torch.zeros(1, self.in_channels or 3, 224, 224, dtype=self._dtype)
         with torch.inference_mode():
-            return Engine(self.graph_module, example, self.tile_size).coverage()
+            return Engine(self.graph_module, example, self.tile_size, self.dense_switch).coverage()
 
     @property
     def num_streams(self) -> int:

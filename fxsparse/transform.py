@@ -29,6 +29,7 @@ def transform(
     *,
     input_threshold: float = 0.0,
     tile_size: int = 8,
+    dense_switch: float = 0.6,
     leaf_modules: Iterable[type[nn.Module]] = (),
     autowrap_functions: Iterable[Callable] = (),
 ) -> SparseModule:
@@ -44,6 +45,9 @@ def transform(
             output equals ``model(x)``. Above 0 the output equals the model on
             the reference frame.
         tile_size: output tile edge of the tiled conv lowering.
+        dense_switch: a layer whose changed share of a stream's output exceeds
+            this runs the dense op for that stream instead of gathering tiles
+            (above 1.0: never, which tests use to exercise the sparse path).
         leaf_modules: module types not to trace into (they run dense).
         autowrap_functions: free functions recorded as single calls.
 
@@ -63,6 +67,8 @@ def transform(
     """
     if input_threshold < 0:
         raise ValueError(f"input_threshold must be >= 0, got {input_threshold}. Hint: 0.0 means exact.")
+    if dense_switch < 0:
+        raise ValueError(f"dense_switch must be >= 0, got {dense_switch}.")
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}.")
     was_training = model.training
@@ -81,4 +87,4 @@ def transform(
         )
     gm = normalize(gm)
     gm.eval()
-    return SparseModule(gm, input_threshold=input_threshold, tile_size=tile_size, in_channels=_in_channels(gm))
+    return SparseModule(gm, input_threshold=input_threshold, tile_size=tile_size, dense_switch=dense_switch, in_channels=_in_channels(gm))

@@ -19,7 +19,6 @@ import torch
 from .. import ops
 from . import ChangeRule, register_change_rule
 from .masks import changed_streams, per_stream
-from .window import DENSE_SWITCH
 
 
 def propagate_mean(step, ctx):
@@ -40,7 +39,7 @@ def prepare_mean(step, ctx):
 
     def before_write(mask):
         pos = ctx.positions(step.node.args[0])
-        if len(pos) <= DENSE_SWITCH * x.positions:
+        if len(pos) <= ctx.dense_switch * x.positions:
             step.state["old"] = _stream_sums(x.buf.index_select(0, pos), pos, h * w, b)
         else:
             step.state["old"] = None

@@ -13,12 +13,12 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.nn.functional as F
 
 from .. import ops
 from ..kernels import tiles as T
 from . import ChangeRule, register_change_rule
 from .masks import changed_streams, union
-from .window import DENSE_SWITCH
 
 
 def propagate_pointwise(step, ctx):
@@ -26,19 +26,27 @@ def propagate_pointwise(step, ctx):
 
 
 def _rows_fn(step):
-    target = step.node.target
+    """(fn over [N, C] rows, the data inputs it takes); op parameters are closed over."""
+    target, args = step.node.target, step.node.args
     if target is ops.activation:
-        spec = step.node.args[1]
-        return lambda x: ops.activation(x, spec)
+        spec = args[1]
+        return (lambda x: ops.activation(x, spec)), [args[0]]
     if target is ops.affine:
-        return lambda x, scale, shift: x * scale + shift
+        scale, shift = step.consts[1], step.consts[2]
+        return (lambda x: x * scale + shift), [args[0]]
+    if target is ops.prelu:
+        weight = step.consts[1]
+        return (lambda x: F.prelu(x, weight)), [args[0]]
+    if target is ops.softmax:
+        log = args[2]
+        return (lambda x: ops.softmax(x, 1, log)), [args[0]]
     if target is ops.cat:
-        return lambda *xs: torch.cat(xs, 1)
-    return target  # operator.add & co. work on rows as they are
+        return (lambda *xs: torch.cat(xs, 1)), list(args[0])
+    return target, list(args)  # operator.add & co. work on rows as they are
 
 
 def _row_inputs(step, ctx, pos):
-    """The op's inputs at output positions ``pos``, as ``[N, C]`` rows (scalars pass through)."""
+    """The op's data inputs at output positions ``pos``, as ``[N, C]`` rows (scalars pass through)."""
     out = []
     for arg in step.config["row_args"]:
         if isinstance(arg, torch.fx.Node):
@@ -55,26 +63,17 @@ def _row_inputs(step, ctx, pos):
 
 
 def prepare_pointwise(step, ctx):
-    """Constant tensor inputs (BN scale, a bias tensor) become rows once."""
-    args = step.node.args
-    if step.node.target is ops.activation:
-        row_args = [args[0]]
-    elif step.node.target is ops.cat:
-        row_args = list(args[0])
-    else:
-        row_args = list(args)
+    """Constant tensor data inputs (a bias tensor in ``x + b``) become rows once."""
+    fn, row_args = _rows_fn(step)
+    step.config["rows_fn"] = fn
     step.config["row_args"] = row_args
     const_rows = {}
     for arg in row_args:
         if isinstance(arg, torch.fx.Node) and ctx.kind(arg) == "const":
             t = ctx.value(arg)
-            if step.node.target is ops.affine:
-                const_rows[arg] = (t.reshape(1, -1), (1, t.numel(), 1, 1))
-                continue
             t4 = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
             const_rows[arg] = (t4.permute(0, 2, 3, 1).reshape(-1, t4.shape[1]), tuple(t4.shape))
     step.config["const_rows"] = const_rows
-    step.config["rows_fn"] = _rows_fn(step)
 
 
 def execute_pointwise(step, ctx, mask):
@@ -85,7 +84,7 @@ def execute_pointwise(step, ctx, mask):
         return 0
     out = ctx.cache(step.node)
     pos = ctx.positions(step.node)
-    if len(pos) > DENSE_SWITCH * out.positions:
+    if len(pos) > ctx.dense_switch * out.positions:
         out.write_streams(None, ctx.run_dense(step, None))
         return 0
     rows = step.config["rows_fn"](*_row_inputs(step, ctx, pos))
@@ -94,32 +93,33 @@ def execute_pointwise(step, ctx, mask):
 
 
 def pointwise_applies(step):
-    """Every tensor input must broadcast against the output along B, H, W (and C, except for cat)."""
-    if step.node.target is ops.cat:
-        dim = step.node.args[1]
-        if step.kind != "spatial" or dim % 4 != 1:
-            return f"cat along dim {dim} (only channel concatenation of [B, C, H, W] runs sparsely)"
+    """Every data input must broadcast against the output along B, H, W (and C, except for cat)."""
+    target, args = step.node.target, step.node.args
+    if target is ops.cat and (step.kind != "spatial" or args[1] % 4 != 1):
+        return f"cat along dim {args[1]} (only channel concatenation of [B, C, H, W] runs sparsely)"
+    if target is ops.softmax and step.shape is not None and args[1] % len(step.shape) != 1:
+        return f"softmax along dim {args[1]} mixes positions (only the channel dim runs sparsely)"
+    if target in (ops.affine, ops.prelu) and any(c is None for c in step.consts[1:]):
+        return "parameters are computed at run time"
+    _, data = _rows_fn(step)
+    kinds = dict(zip(step.tensor_inputs, step.input_kinds))
+    shapes = dict(zip(step.tensor_inputs, step.input_shapes))
+    data = [a for a in data if isinstance(a, torch.fx.Node)]
     if step.kind == "rows":
-        for i, n in enumerate(step.tensor_inputs):
-            if step.input_kind(i) not in ("rows", "const"):
-                return "mixes per-stream rows with spatial activations"
+        if any(kinds[n] not in ("rows", "const") for n in data):
+            return "mixes per-stream rows with spatial activations"
         return None
     if step.kind != "spatial":
         return "output is not a [B, C, H, W] activation"
-    for i, n in enumerate(step.tensor_inputs):
-        kind = step.input_kind(i)
-        if kind == "const" and step.node.target is ops.affine:
-            continue
-        if kind not in ("spatial", "const"):
-            return f"input {n.name} is a {kind} value, not a [B, C, H, W] activation"
-        shape = step.input_shape(i)
+    for n in data:
+        if kinds[n] not in ("spatial", "const"):
+            return f"input {n.name} is a {kinds[n]} value, not a [B, C, H, W] activation"
+        shape = shapes[n] or ()
         if len(shape) > 4:
             return f"input {n.name} has {len(shape)} dims"
         shape = (1,) * (4 - len(shape)) + tuple(shape)
-        for d in (0, 2, 3):
-            if shape[d] not in (1, step.shape[d]):
-                return f"input {n.name} of shape {tuple(shape)} does not broadcast to {tuple(step.shape)}"
-        if step.node.target is not ops.cat and shape[1] not in (1, step.shape[1]):
+        dims = (0, 2, 3) if target is ops.cat else (0, 1, 2, 3)
+        if any(shape[d] not in (1, step.shape[d]) for d in dims):
             return f"input {n.name} of shape {tuple(shape)} does not broadcast to {tuple(step.shape)}"
     return None
 
@@ -127,6 +127,8 @@ def pointwise_applies(step):
 _POINTWISE = ChangeRule("pointwise", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies)
 register_change_rule(ops.activation, rule=_POINTWISE)
 register_change_rule(ops.affine, rule=ChangeRule("affine", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
+register_change_rule(ops.prelu, rule=ChangeRule("prelu", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
+register_change_rule(ops.softmax, rule=ChangeRule("channel_softmax", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
 register_change_rule(ops.cat, rule=ChangeRule("cat", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
 for _op in (operator.add, operator.sub, operator.mul, operator.truediv):
     register_change_rule(_op, rule=ChangeRule(_op.__name__, propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from .. import ops
 from . import ChangeRule, register_change_rule
 from .masks import changed_streams
-from .window import DENSE_SWITCH
 
 
 def _spatial_in_out(step):
@@ -35,7 +34,7 @@ def _spatial_in_out(step):
 
 def _taps(step, ctx, dim: int):
     """(index [n_out, K], weight [n_out, K]) of output rows (dim=2) or columns (dim=3)."""
-    _, _, size, scale, mode, align, recompute = (ctx.resolve(a) for a in step.node.args)
+    _, size, scale, mode, align, recompute = (ctx.resolve(a) for a in step.node.args)
     n_in = ctx.cache(step.node.args[0]).shape[dim]
     n_out = step.shape[dim]
     # Probe: n_in one-hot channels along the probed dim, the other dim of length 1.
@@ -82,7 +81,7 @@ def execute_interpolate(step, ctx, mask):
     out = ctx.cache(step.node)
     inp = ctx.cache(step.node.args[0])
     pos = ctx.positions(step.node)
-    if len(pos) > DENSE_SWITCH * out.positions:
+    if len(pos) > ctx.dense_switch * out.positions:
         out.write_streams(None, ctx.run_dense(step, None))
         return 0
     _, _, ho, wo = out.shape

@@ -11,8 +11,8 @@ Lowerings (chosen per node in ``prepare``):
   tile's input window (halo included, padding rows for the border) into one
   batch, run the dense op once on it, scatter the tiles back.
 
-Both switch a stream to the dense op when most of its output changed, so a
-fully changed frame costs about a dense run.
+Both switch a stream to the dense op when more than ``dense_switch`` of its
+output changed, so a fully changed frame costs about a dense run.
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ import torch.nn.functional as F
 from .. import ops
 from ..kernels import tiles as T
 from . import ChangeRule, register_change_rule
-
-# A stream whose active tiles cover more than this share of the output runs dense.
-DENSE_SWITCH = 0.6
-
 
 def _geometry(step):
     """(kernel, stride, (top, bottom, left, right) padding, dilation, ceil_mode) of a window node."""
@@ -106,11 +102,10 @@ def prepare_window(step, ctx):
     cfg["stride"] = s
 
 
-def _dense_streams(step, ctx, covered: torch.Tensor, per_stream_total: int):
-    """Split streams into (dense, sparse) by the share of their output that must be recomputed."""
+def _dense_streams(ctx, covered: torch.Tensor, per_stream_total: int) -> torch.Tensor:
+    """Streams whose active tiles cover more than ``ctx.dense_switch`` of their output run dense."""
     frac = covered.float() / per_stream_total
-    dense = (frac > DENSE_SWITCH).nonzero().view(-1)
-    return dense
+    return (frac > ctx.dense_switch).nonzero().view(-1)
 
 
 def _run_dense(step, ctx, streams):
@@ -131,7 +126,7 @@ def execute_window(step, ctx, mask):
     tb, oy, ox = T.active_tiles(mask, *cfg["tile"])
     th, tw = cfg["tile"]
     covered = torch.bincount(tb, minlength=b) * (th * tw)
-    dense = _dense_streams(step, ctx, covered, ho * wo)
+    dense = _dense_streams(ctx, covered, ho * wo)
     executed = 0
     if len(dense):
         _run_dense(step, ctx, dense)
@@ -157,7 +152,7 @@ def _execute_rows(step, ctx, mask, inp, out, mpp):
     """1x1 conv on exactly the changed positions: gather rows, GEMM, scatter."""
     b, _, ho, wo = out.shape
     pos = ctx.positions(step.node)
-    if len(pos) > DENSE_SWITCH * b * ho * wo:
+    if len(pos) > ctx.dense_switch * b * ho * wo:
         _run_dense(step, ctx, torch.arange(b))
         return b * ho * wo * mpp
     s = step.config["stride"]
