@@ -159,7 +159,31 @@ def _arg(args, kwargs, i, name, default=None):
     return kwargs.get(name, default)
 
 
-def _function_form(target, args, kwargs):
+def get_attr_value(gm: fx.GraphModule, node) -> torch.Tensor | None:
+    """The tensor behind a ``get_attr`` node (a parameter or buffer), else None."""
+    if not (isinstance(node, fx.Node) and node.op == "get_attr"):
+        return None
+    obj = gm
+    for part in node.target.split("."):
+        obj = getattr(obj, part)
+    return obj if isinstance(obj, torch.Tensor) else None
+
+
+def _functional_conv(gm, args, kwargs):
+    """``F.conv2d`` with constant (get_attr) weights: the canonical conv2d."""
+    weight = get_attr_value(gm, _arg(args, kwargs, 1, "weight"))
+    if weight is None or weight.dim() != 4:
+        return None
+    bias = _arg(args, kwargs, 2, "bias")
+    if bias is not None and get_attr_value(gm, bias) is None:
+        return None
+    stride = _pair(_arg(args, kwargs, 3, "stride", 1))
+    dilation = _pair(_arg(args, kwargs, 5, "dilation", 1))
+    padding = _conv_padding(_arg(args, kwargs, 4, "padding", 0), tuple(weight.shape[2:]), dilation)
+    return ops.conv2d, (args[0], args[1], bias, stride, padding, dilation, _arg(args, kwargs, 6, "groups", 1), None)
+
+
+def _function_form(target, args, kwargs, gm=None):
     """Canonical (target, args) for a call_function / call_method, or None to keep it."""
     name = target if isinstance(target, str) else None
     x = args[0] if args else None
@@ -225,6 +249,8 @@ def _function_form(target, args, kwargs):
             _arg(args, kwargs, 4, "align_corners"),
             _arg(args, kwargs, 5, "recompute_scale_factor"),
         ) if not _arg(args, kwargs, 6, "antialias", False) else None
+    if is_(F.conv2d, torch.conv2d) and gm is not None:
+        return _functional_conv(gm, args, kwargs)
     if is_(F.pad):
         mode = _arg(args, kwargs, 2, "mode", "constant")
         if mode != "constant":
@@ -283,7 +309,7 @@ def canonicalize(gm: fx.GraphModule) -> fx.GraphModule:
             with graph.inserting_before(node):
                 form = _module_form(graph, consts, m, node.target, node.args[0] if node.args else None, node.args, node.kwargs)
         elif node.op in ("call_function", "call_method"):
-            form = _function_form(node.target, node.args, node.kwargs)
+            form = _function_form(node.target, node.args, node.kwargs, gm)
         else:
             continue
         if form is None:
@@ -345,11 +371,11 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
         conv = node.args[0]
         if not (isinstance(conv, fx.Node) and conv.target is ops.conv2d and conv.args[7] is None and _single_user(conv)):
             continue
-        scale = getattr(gm, node.args[1].target)
-        shift = getattr(gm, node.args[2].target)
+        scale = get_attr_value(gm, node.args[1])
+        shift = get_attr_value(gm, node.args[2])
         w_node, b_node = conv.args[1], conv.args[2]
-        weight = getattr(gm, w_node.target)
-        bias = getattr(gm, b_node.target) if b_node is not None else torch.zeros_like(shift)
+        weight = get_attr_value(gm, w_node)
+        bias = get_attr_value(gm, b_node) if b_node is not None else torch.zeros_like(shift)
         new_w = weight * scale.view(-1, 1, 1, 1)
         new_b = bias * scale + shift
         consts = _Consts(gm)

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from . import ops
 from .errors import InputError, InputTypeError
 from .kernels import tiles as T
 from .kernels.rows import RowCache
@@ -93,11 +94,10 @@ class Step:
         name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
         if name == "activation":
             name = self.node.args[1][0]
-        if name == "conv2d" and self.node.args[7] is not None:
-            name = f"conv2d+{self.node.args[7][0]}"
-        if name == "conv2d":
+        if t is ops.conv2d:
             k = self.consts[1].shape[2:]
-            name += f" {k[0]}x{k[1]}"
+            act = self.node.args[7]
+            name = f"conv2d+{act[0]}" if act is not None else f"conv2d {k[0]}x{k[1]}"
         return name
 
 
@@ -173,7 +173,7 @@ class Engine:
         inputs = node.all_input_nodes
         step = Step(
             node=node,
-            name=node.meta.get("fxsparse_name", node.name),
+            name=self.step_name(node),
             kind=self.kinds[node],
             shape=self._shape(node),
             rule=FALLBACK,
@@ -193,6 +193,9 @@ class Engine:
             else:
                 step.fallback_reason = reason
         return step
+
+    def step_name(self, node: fx.Node) -> str:
+        return node.meta.get("fxsparse_name", node.name)
 
     # -- the context rules use -----------------------------------------------------
 
@@ -404,6 +407,7 @@ class SparseModule(nn.Module):
         mask = engine.input_mask(x, self.input_threshold, self._full_streams)
         self._full_streams = None
         if not mask.any():
+            engine.masks = {}
             self.stats = engine.unchanged_stats()
         else:
             self.stats = engine.step_frame(x, mask)
@@ -442,6 +446,20 @@ class SparseModule(nn.Module):
             example = torch.zeros(1, self.in_channels or 3, 224, 224, dtype=self._dtype)
         with torch.inference_mode():
             return Engine(self.graph_module, example, self.tile_size, self.dense_switch).coverage()
+
+    def change_masks(self) -> dict[str, torch.Tensor]:
+        """The change mask of every node in the last call (``[B, 1, H, W]`` or ``[B, 1]``), by node name.
+
+        Useful to see how a change spreads through the network; empty before the
+        second frame and after an unchanged frame.
+        """
+        if self._engine is None:
+            return {}
+        return {
+            self._engine.step_name(node): m
+            for node, m in self._engine.masks.items()
+            if isinstance(m, torch.Tensor)
+        }
 
     @property
     def num_streams(self) -> int:

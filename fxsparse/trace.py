@@ -17,7 +17,8 @@ from torch import nn
 
 from .errors import TraceFailedError
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+# Frames inside torch.fx (the tracer's machinery) never explain a trace failure.
+_FX_DIR = os.path.dirname(fx.__file__)
 
 
 class LeafAwareTracer(fx.Tracer):
@@ -34,11 +35,11 @@ class LeafAwareTracer(fx.Tracer):
 
 
 def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
-    """The innermost traceback frame outside torch and fxsparse: the user's call that broke."""
+    """The innermost traceback frame outside torch.fx and fxsparse: the call that broke."""
     here = os.path.dirname(__file__)
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
-        if not frame.filename.startswith((_TORCH_DIR, here)):
+        if not frame.filename.startswith((_FX_DIR, here)):
             return frame
     return None
 
@@ -67,6 +68,9 @@ def trace_model(
             "Hint: pass the model object itself, e.g. torchvision.models.resnet18()."
         )
     tracer = LeafAwareTracer(leaf_modules, autowrap_functions)
+    if tracer.is_leaf_module(model, ""):
+        # A bare nn.Conv2d / nn.ConvTranspose2d: trace it as one call, not its forward's internals.
+        model = nn.Sequential(model)
     try:
         graph = tracer.trace(model)
     except Exception as e:  # torch.fx raises many types (TraceError, TypeError, ...)

@@ -9,7 +9,7 @@ from torch import nn
 
 from . import ops
 from .errors import FxSparseError
-from .normalize import normalize
+from .normalize import get_attr_value, normalize
 from .runtime import SparseModule
 from .trace import trace_model
 
@@ -19,7 +19,7 @@ def _in_channels(gm: fx.GraphModule) -> int | None:
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
     for user in placeholder.users:
         if user.target is ops.conv2d and user.args[0] is placeholder:
-            w = getattr(gm, user.args[1].target)
+            w = get_attr_value(gm, user.args[1])
             return w.shape[1] * user.args[6]
     return None
 
