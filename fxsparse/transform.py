@@ -65,6 +65,11 @@ def transform(
         >>> sm.stats.dense
         True
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"fxsparse.transform expects a torch.nn.Module, got {type(model).__name__}. "
+            "Hint: pass the model object itself, e.g. torchvision.models.resnet18(); wrap a plain function in an nn.Module."
+        )
     if input_threshold < 0:
         raise ValueError(f"input_threshold must be >= 0, got {input_threshold}. Hint: 0.0 means exact.")
     if dense_switch < 0:

@@ -1,0 +1,117 @@
+"""What ``stats`` reports: unchanged frames, exact receptive fields, cost bounds, per-stream fractions."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import fxsparse
+
+# (name in the graph, kernel, stride, padding, dilation) of a chain of window layers
+CHAIN = [("0", 3, 1, 1, 1), ("2", 3, 2, 1, 1), ("3", 3, 2, 1, 1), ("4", 5, 1, 4, 2), ("5", 1, 1, 0, 1)]
+
+
+def _chain_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, 1, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, 2, 1),
+        nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(4, 3, 5, 1, 4, dilation=2),
+        nn.Conv2d(3, 2, 1),
+    ).eval()
+
+
+def _enumerate_footprint(changed: set, k, s, p, d, in_hw):
+    """Output positions whose window contains a changed input, by explicit enumeration."""
+    h, w = in_hw
+    ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    out = set()
+    for oy, ox in itertools.product(range(ho), range(wo)):
+        for a, b in itertools.product(range(k), range(k)):
+            if (oy * s - p + a * d, ox * s - p + b * d) in changed:
+                out.add((oy, ox))
+                break
+    return out, (ho, wo)
+
+
+@pytest.mark.parametrize("pixel", [(0, 0), (0, 20), (16, 0), (16, 20), (7, 11), (1, 19)])
+def test_one_pixel_marks_exactly_the_receptive_field(pixel):
+    sm = fxsparse.transform(_chain_net())
+    x = torch.rand(1, 2, 17, 21)
+    sm(x)
+    x2 = x.clone()
+    x2[0, :, pixel[0], pixel[1]] += 1.0
+    sm(x2)
+    masks = sm.change_masks()
+    changed, hw = {pixel}, (17, 21)
+    for name, k, s, p, d in CHAIN:
+        changed, hw = _enumerate_footprint(changed, k, s, p, d, hw)
+        got = {tuple(i) for i in masks[name][0, 0].nonzero().tolist()}
+        assert got == changed, f"layer {name}"
+
+
+def test_unchanged_frame_costs_nothing_and_returns_cached_output():
+    net = _chain_net()
+    sm = fxsparse.transform(net)
+    x = torch.rand(2, 2, 17, 21)
+    y0 = sm(x)
+    y1 = sm(x.clone())
+    assert sm.stats.macs_executed == 0 and sm.stats.macs_cone == 0
+    assert sm.stats.macs_dense > 0
+    assert sm.stats.changed_fraction == [0.0, 0.0]
+    assert torch.equal(y0, y1)
+
+
+def test_first_frame_is_dense_and_stats_add_up():
+    sm = fxsparse.transform(_chain_net())
+    sm(torch.rand(1, 2, 17, 21))
+    s = sm.stats
+    assert s.dense and s.macs_executed == s.macs_dense == s.macs_cone
+    assert s.macs_dense == sum(layer.macs_dense for layer in s.layers)
+    assert s.cache_bytes > 0
+    assert "total: dense" in str(s)
+
+
+def test_macs_dense_counts_conv_macs():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1)).eval()
+    sm = fxsparse.transform(net)
+    sm(torch.rand(2, 3, 10, 12))
+    assert sm.stats.macs_dense == 2 * 10 * 12 * 8 * 3 * 9
+
+
+def test_streams_keep_separate_masks():
+    sm = fxsparse.transform(_chain_net())
+    x = torch.rand(3, 2, 17, 21)
+    sm(x)
+    x2 = x.clone()
+    x2[1, :, 5, 5] += 1
+    sm(x2)
+    assert sm.stats.changed_fraction[0] == 0 and sm.stats.changed_fraction[2] == 0
+    assert sm.stats.changed_fraction[1] == pytest.approx(1 / (17 * 21))
+    first = sm.change_masks()["0"]
+    assert first[0].sum() == 0 and first[2].sum() == 0 and first[1].sum() == 9
+
+
+def test_coverage_lists_every_node_and_fallback_reasons():
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, dim=3)
+
+    net = nn.Sequential(nn.Conv2d(3, 3, 3), Odd(), nn.ReLU()).eval()
+    sm = fxsparse.transform(net)
+    report = sm.coverage()
+    text = str(report)
+    assert "cumsum" in text and "DENSE FALLBACK" in text
+    assert [e.name for e in report.fallbacks] == ["cumsum"]
+    assert "1 fall back to dense" in text
+    x = torch.rand(1, 3, 9, 9)
+    sm(x)
+    x2 = x.clone()
+    x2[..., 0, 0] = 3
+    with torch.no_grad():
+        expected = net(x2)
+    out = sm(x2)
+    assert torch.allclose(out, expected, atol=1e-5)
