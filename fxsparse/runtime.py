@@ -380,7 +380,7 @@ class SparseModule(nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
-                 dense_switch: float = 0.6, in_channels: int | None = None):
+                 dense_switch: float = 0.5, in_channels: int | None = None):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)

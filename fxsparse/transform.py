@@ -29,7 +29,7 @@ def transform(
     *,
     input_threshold: float = 0.0,
     tile_size: int = 8,
-    dense_switch: float = 0.6,
+    dense_switch: float = 0.5,
     leaf_modules: Iterable[type[nn.Module]] = (),
     autowrap_functions: Iterable[Callable] = (),
 ) -> SparseModule:

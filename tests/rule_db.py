@@ -51,6 +51,7 @@ CASES = [
     RuleCase("conv_same_even", ops.conv2d, _conv(kernel_size=4, padding="same")),
     RuleCase("conv1x1_s2", ops.conv2d, _conv(kernel_size=1, stride=2)),
     RuleCase("conv_depthwise", ops.conv2d, lambda: nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False)),
+    RuleCase("conv_grouped_tiles", ops.conv2d, lambda: nn.Conv2d(3, 6, 3, stride=2, padding=2, groups=3)),
     RuleCase("conv_relu_fused", ops.conv2d, lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())),
     RuleCase("conv_transpose", ops.conv_transpose2d, lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1)),
     RuleCase("max_pool_ceil", ops.max_pool2d, lambda: nn.MaxPool2d(3, 2, 1, ceil_mode=True)),

@@ -90,3 +90,25 @@ def broadcast_rows(pos: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
     y = y if hi > 1 else torch.zeros_like(y)
     x = x if wi > 1 else torch.zeros_like(x)
     return (b * hi + y) * wi + x
+
+
+def kernel_offsets(kernel: tuple[int, int], dilation: tuple[int, int], pad_top_left: tuple[int, int]):
+    """Row and column offsets ``[K]`` of the K = kh*kw taps of a window, relative to ``y*stride``."""
+    kh, kw = kernel
+    rows = torch.arange(kh).repeat_interleave(kw) * dilation[0] - pad_top_left[0]
+    cols = torch.arange(kw).repeat(kh) * dilation[1] - pad_top_left[1]
+    return rows, cols
+
+
+def neighbour_rows(pos, out_hw, in_hw, stride, offsets, pad_row: int) -> torch.Tensor:
+    """Flat input rows ``[N, K]`` read by the window of each output position (im2col indices).
+
+    Taps outside the input point at ``pad_row``.
+    """
+    ho, wo = out_hw
+    h, w = in_hw
+    b, y, x = pos // (ho * wo), (pos // wo) % ho, pos % wo
+    rows = (y * stride[0])[:, None] + offsets[0]
+    cols = (x * stride[1])[:, None] + offsets[1]
+    flat = (b[:, None] * h + rows) * w + cols
+    return flat.masked_fill_((rows < 0) | (rows >= h) | (cols < 0) | (cols >= w), pad_row)

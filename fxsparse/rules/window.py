@@ -3,16 +3,21 @@
 Footprint: output position changes iff any input in its (dilated, strided,
 padded) window changed, i.e. ``max_pool2d(mask, k, s, p, d)``. Exact.
 
-Lowerings (chosen per node in ``prepare``):
+Lowerings (chosen per node in ``prepare``; measured in docs/performance.md):
 
-* ``rows`` (1x1 conv, no groups): gather the changed positions' input rows,
-  one GEMM, scatter. Executes exactly the cone.
-* ``tiles`` (everything else): cover the output mask with tiles, gather each
-  tile's input window (halo included, padding rows for the border) into one
-  batch, run the dense op once on it, scatter the tiles back.
+* ``gemm`` (conv, groups == 1): im2col on exactly the changed positions:
+  gather the K = kh*kw input rows of each, one GEMM against the weight laid
+  out as ``[C_out, K*C_in]``, scatter. Executes exactly the cone.
+* ``taps`` (depthwise conv, pools): per tap, gather one input row per changed
+  position and accumulate (multiply-add, max, or sum).
+* ``tiles`` (other grouped convs): cover the output mask with tiles, gather
+  each tile's input window (halo included) into one batch, run the dense op
+  on it, scatter the tiles back.
 
-Both switch a stream to the dense op when more than ``dense_switch`` of its
-output changed, so a fully changed frame costs about a dense run.
+Every lowering switches a stream to the dense op when more than
+``dense_switch`` of its output changed, so a fully changed frame costs about
+a dense run. Windows reaching outside the input read the cache's padding
+rows (zero, or -inf for max pooling): no padded copies are made.
 """
 
 from __future__ import annotations
@@ -72,40 +77,40 @@ def prepare_window(step, ctx):
     x = step.node.args[0]
     inp, out = ctx.cache(x), ctx.cache(step.node)
     k, s, (top, _, left, _), d, _ = _geometry(step)
-    _, _, h, w = inp.shape
     _, _, ho, wo = out.shape
     cfg = step.config
+    cfg["stride"] = s
+    cfg["offsets"] = T.kernel_offsets(k, d, (top, left))
+    cfg["pad_row"] = inp.neg_inf_row if step.node.target is ops.max_pool2d else inp.zero_row
+    cfg["identity_taps"] = k == (1, 1) and s == (1, 1) and (top, left) == (0, 0)
     target = step.node.target
     if target is ops.conv2d:
-        weight, bias = step.consts[1], step.consts[2]
-        groups, act = step.node.args[6], step.node.args[7]
-        if k == (1, 1) and groups == 1 and (top, left) == (0, 0):
-            cfg["lowering"] = "rows"
-            cfg["weight2d"] = weight.flatten(1)
-            cfg["stride"] = s
+        weight, groups = step.consts[1], step.node.args[6]
+        c_in, c_out = inp.shape[1], weight.shape[0]
+        if groups == 1:
+            cfg["lowering"] = "gemm"
+            cfg["weight2d"] = weight.permute(0, 2, 3, 1).reshape(c_out, -1).contiguous()  # [C_out, K*C_in]
             return
+        if groups == c_in == c_out:
+            cfg["lowering"] = "taps"
+            cfg["tap_weights"] = weight.flatten(1).t().contiguous()  # [K, C]
+            return
+        bias, act = step.consts[2], step.node.args[7]
         cfg["kernel"] = lambda win: ops.apply_activation(F.conv2d(win, weight, bias, s, 0, d, groups), act)
-        cfg["pad_row"] = inp.zero_row
-    elif target is ops.max_pool2d:
-        cfg["kernel"] = lambda win: F.max_pool2d(win, k, s, 0, d)
-        cfg["pad_row"] = inp.neg_inf_row
-    else:
-        divisor = _avg_divisor(step, (h, w), (ho, wo))
-        cfg["divisor"] = divisor
-        cfg["kernel"] = lambda win: F.avg_pool2d(win, k, s, 0, divisor_override=1)
-        cfg["pad_row"] = inp.zero_row
-    tile = ctx.tile_size
-    cfg["lowering"] = "tiles"
-    cfg["tile"] = (min(tile, ho), min(tile, wo))
-    cfg["window"] = ((cfg["tile"][0] - 1) * s[0] + d[0] * (k[0] - 1) + 1, (cfg["tile"][1] - 1) * s[1] + d[1] * (k[1] - 1) + 1)
-    cfg["pad_tl"] = (top, left)
-    cfg["stride"] = s
+        cfg["lowering"] = "tiles"
+        cfg["tile"] = (min(ctx.tile_size, ho), min(ctx.tile_size, wo))
+        cfg["window"] = tuple((t - 1) * st + dd * (kk - 1) + 1 for t, st, dd, kk in zip(cfg["tile"], s, d, k))
+        cfg["pad_tl"] = (top, left)
+        return
+    cfg["lowering"] = "taps"
+    if target is ops.avg_pool2d:
+        cfg["divisor"] = _avg_divisor(step, inp.shape[2:], (ho, wo)).view(-1)
 
 
-def _dense_streams(ctx, covered: torch.Tensor, per_stream_total: int) -> torch.Tensor:
-    """Streams whose active tiles cover more than ``ctx.dense_switch`` of their output run dense."""
-    frac = covered.float() / per_stream_total
-    return (frac > ctx.dense_switch).nonzero().view(-1)
+def _split_dense(ctx, stream_of, counts_per_stream: int, batch: int):
+    """Streams whose changed share exceeds ``ctx.dense_switch`` (they run the dense op instead)."""
+    counts = torch.bincount(stream_of, minlength=batch)
+    return (counts > ctx.dense_switch * counts_per_stream).nonzero().view(-1)
 
 
 def _run_dense(step, ctx, streams):
@@ -118,19 +123,64 @@ def _run_dense(step, ctx, streams):
 def execute_window(step, ctx, mask):
     cfg = step.config
     out = ctx.cache(step.node)
-    inp = ctx.cache(step.node.args[0])
     b, _, ho, wo = out.shape
     mpp = step.macs_per_position
-    if cfg["lowering"] == "rows":
-        return _execute_rows(step, ctx, mask, inp, out, mpp)
-    tb, oy, ox = T.active_tiles(mask, *cfg["tile"])
-    th, tw = cfg["tile"]
-    covered = torch.bincount(tb, minlength=b) * (th * tw)
-    dense = _dense_streams(ctx, covered, ho * wo)
+    if cfg["lowering"] == "tiles":
+        return _execute_tiles(step, ctx, mask)
+    pos = ctx.positions(step.node)
+    dense = _split_dense(ctx, pos // (ho * wo), ho * wo, b)
     executed = 0
     if len(dense):
         _run_dense(step, ctx, dense)
         executed += len(dense) * ho * wo * mpp
+        pos = pos[~torch.isin(pos // (ho * wo), dense)]
+    if len(pos):
+        out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos))
+        executed += len(pos) * mpp
+    return executed
+
+
+def _window_rows(step, ctx, pos):
+    """The op's output rows ``[N, C_out]`` at output positions ``pos`` (gemm / taps lowerings)."""
+    cfg = step.config
+    inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
+    target = step.node.target
+    if cfg["identity_taps"]:
+        src = pos[:, None]
+    else:
+        src = T.neighbour_rows(pos, out.shape[2:], inp.shape[2:], cfg["stride"], cfg["offsets"], cfg["pad_row"])
+    if target is ops.conv2d and cfg["lowering"] == "gemm":
+        cols = inp.buf.index_select(0, src.view(-1)).view(len(pos), -1)  # [N, K*C_in]
+        rows = F.linear(cols, cfg["weight2d"], step.consts[2])
+        return ops.apply_activation(rows, step.node.args[7])
+    if target is ops.conv2d:  # depthwise: multiply-add over the taps
+        w, bias = cfg["tap_weights"], step.consts[2]
+        acc = inp.buf.index_select(0, src[:, 0]) * w[0]
+        for k in range(1, src.shape[1]):
+            acc.addcmul_(inp.buf.index_select(0, src[:, k]), w[k])
+        if bias is not None:
+            acc += bias
+        return ops.apply_activation(acc, step.node.args[7])
+    acc = inp.buf.index_select(0, src[:, 0]).clone()
+    for k in range(1, src.shape[1]):
+        tap = inp.buf.index_select(0, src[:, k])
+        acc = torch.maximum(acc, tap) if target is ops.max_pool2d else acc.add_(tap)
+    if target is ops.avg_pool2d:
+        acc /= cfg["divisor"][pos % (out.shape[2] * out.shape[3])].unsqueeze(1)
+    return acc
+
+
+def _execute_tiles(step, ctx, mask):
+    cfg = step.config
+    out, inp = ctx.cache(step.node), ctx.cache(step.node.args[0])
+    b, _, ho, wo = out.shape
+    th, tw = cfg["tile"]
+    tb, oy, ox = T.active_tiles(mask, th, tw)
+    dense = _split_dense(ctx, tb, ho * wo // (th * tw), b)
+    executed = 0
+    if len(dense):
+        _run_dense(step, ctx, dense)
+        executed += len(dense) * ho * wo * step.macs_per_position
         keep = ~torch.isin(tb, dense)
         tb, oy, ox = tb[keep], oy[keep], ox[keep]
     if len(tb):
@@ -139,31 +189,9 @@ def execute_window(step, ctx, mask):
             in_hw=inp.shape[2:], pad_row=cfg["pad_row"],
         )
         result = cfg["kernel"](T.gather_windows(inp.buf, src))
-        if "divisor" in cfg:
-            rows = oy[:, None] + torch.arange(th)
-            cols = ox[:, None] + torch.arange(tw)
-            result = result / cfg["divisor"][rows[:, :, None], cols[:, None, :]].unsqueeze(1)
         T.scatter_tiles(out.buf, T.tile_rows(tb, oy, ox, cfg["tile"], (ho, wo)), result)
-        executed += len(tb) * th * tw * mpp
+        executed += len(tb) * th * tw * step.macs_per_position
     return executed
-
-
-def _execute_rows(step, ctx, mask, inp, out, mpp):
-    """1x1 conv on exactly the changed positions: gather rows, GEMM, scatter."""
-    b, _, ho, wo = out.shape
-    pos = ctx.positions(step.node)
-    if len(pos) > ctx.dense_switch * b * ho * wo:
-        _run_dense(step, ctx, torch.arange(b))
-        return b * ho * wo * mpp
-    s = step.config["stride"]
-    src = pos
-    if s != (1, 1):
-        _, _, h, w = inp.shape
-        pb, py, px = pos // (ho * wo), (pos // wo) % ho, pos % wo
-        src = (pb * h + py * s[0]) * w + px * s[1]
-    rows = torch.nn.functional.linear(inp.buf.index_select(0, src), step.config["weight2d"], step.consts[2])
-    out.buf.index_copy_(0, pos, ops.apply_activation(rows, step.node.args[7]))
-    return len(pos) * mpp
 
 
 def window_applies(step):

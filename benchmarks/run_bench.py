@@ -1,0 +1,59 @@
+"""Print (and save) the sparse-vs-dense table.
+
+    python benchmarks/run_bench.py                       # resnet50 + mobilenet_v2, 576x768, 1/5/20 %
+    python benchmarks/run_bench.py --models resnet50 --fractions 0.01 --frames 9 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import bench_scene, markdown_table, synthetic_frames  # noqa: E402
+
+
+def build(name: str):
+    import torchvision
+
+    torch.manual_seed(0)
+    if hasattr(torchvision.models, name):
+        return getattr(torchvision.models, name)().eval()
+    return getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None).eval()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet50,mobilenet_v2")
+    p.add_argument("--size", default="576x768", help="HxW")
+    p.add_argument("--fractions", default="0.01,0.05,0.2", help="changed share of pixels per frame")
+    p.add_argument("--frames", type=int, default=8, help="frames per scene after the first (medians over these)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out", default=None, help="write rows as JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    rows = []
+    for name in args.models.split(","):
+        model = build(name)
+        for frac in (float(f) for f in args.fractions.split(",")):
+            frames = synthetic_frames(h, w, frac, args.frames + 1)
+            row = bench_scene(model, name, frames, f"synthetic {frac:.0%}")
+            rows.append(row)
+            print(markdown_table([row]).splitlines()[-1], flush=True)
+    print()
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    print(markdown_table(rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"torch": torch.__version__, "threads": args.threads, "rows": [r.as_dict() for r in rows]}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()
