@@ -19,6 +19,7 @@ Note [Value kinds]: every node's value is one of
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ from .errors import InputError, InputTypeError
 from .kernels import tiles as T
 from .kernels.rows import RowCache
 from .rules import ChangeRule, get_change_rule
-from .rules.masks import mask_shape
+from .rules.masks import Box, box_of, mask_shape
 from .stats import CoverageEntry, CoverageReport, FrameStats, LayerStats
 
 _METADATA_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
@@ -88,8 +89,9 @@ class Step:
     def input_shape(self, i: int):
         return self.input_shapes[i]
 
-    @property
+    @functools.cached_property
     def op(self) -> str:
+        """Short op name for reports (``conv2d 3x3``, ``conv2d+relu``, ``add``, ...)."""
         t = self.node.target
         name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
         if name == "activation":
@@ -128,6 +130,10 @@ class Engine:
         self.hooks: dict[fx.Node, list] = {}
         self.masks: dict[fx.Node, object] = {}
         self._positions: dict[fx.Node, torch.Tensor] = {}
+        self._counts: dict[fx.Node, torch.Tensor] = {}
+        self._boxes: dict[fx.Node, Box | None] = {}
+        # reusable mask buffers: (tensor, box last written) per node (Note [Mask boxes])
+        self._mask_buffers: dict[fx.Node, tuple[torch.Tensor, Box | None]] = {}
         self.placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
         self.output_node = next(n for n in gm.graph.nodes if n.op == "output")
         capture = _Capture(gm)
@@ -218,10 +224,61 @@ class Engine:
         return bool(m.any())
 
     def positions(self, node: fx.Node) -> torch.Tensor:
+        """Flat indices of the node's changed positions this frame (computed once, from its box)."""
         pos = self._positions.get(node)
         if pos is None:
-            pos = self._positions[node] = T.positions(self.masks[node])
+            mask = self.masks[node]
+            box = self.box(node)
+            if box is None:
+                pos = torch.zeros(0, dtype=torch.long)
+            else:
+                pos = T.positions_in_box(mask, box)
+            self._positions[node] = pos
         return pos
+
+    def stream_counts(self, node: fx.Node) -> torch.Tensor:
+        """Number of changed positions of the node per stream this frame (computed once)."""
+        counts = self._counts.get(node)
+        if counts is None:
+            mask = self.masks[node]
+            if mask.dim() == 4:
+                box = self.box(node)
+                if box is None:
+                    counts = torch.zeros(mask.shape[0])
+                else:
+                    counts = mask[:, :, box[0] : box[1], box[2] : box[3]].flatten(1).sum(1)
+            else:
+                counts = mask.flatten(1).sum(1)
+            self._counts[node] = counts
+        return counts
+
+    def box(self, node: fx.Node) -> Box | None:
+        """Bounding box of the node's changed positions this frame (None: nothing changed)."""
+        if node not in self._boxes:
+            self._boxes[node] = box_of(self.masks[node])
+        return self._boxes[node]
+
+    def set_box(self, node: fx.Node, box: Box | None) -> None:
+        """A rule that knows its mask's box says so (it must contain every changed position)."""
+        self._boxes[node] = box
+
+    def mask_buffer(self, node: fx.Node, shape) -> torch.Tensor:
+        """An all-zero mask buffer for ``node``, reused across frames (only last frame's box is cleared)."""
+        buf, box = self._mask_buffers.get(node, (None, None))
+        if buf is None or tuple(buf.shape) != tuple(shape):
+            buf = torch.zeros(shape)
+        elif box is not None:
+            buf[:, :, box[0] : box[1], box[2] : box[3]] = 0
+        self._mask_buffers[node] = (buf, None)
+        return buf
+
+    def _remember_box(self, node: fx.Node) -> None:
+        if node in self._mask_buffers and self.masks.get(node) is self._mask_buffers[node][0]:
+            self._mask_buffers[node] = (self._mask_buffers[node][0], self.box(node))
+
+    def dense_streams(self, node: fx.Node, per_stream_total: int) -> torch.Tensor:
+        """Streams whose changed share of this node exceeds ``dense_switch``: they run the dense op."""
+        return (self.stream_counts(node) > self.dense_switch * per_stream_total).nonzero().view(-1)
 
     def add_before_write_hook(self, node: fx.Node, fn) -> None:
         self.hooks.setdefault(node, []).append(fn)
@@ -254,7 +311,7 @@ class Engine:
         """Replace a node's whole value (dense fallbacks, container elements)."""
         kind = self.kinds[node]
         if kind == "spatial":
-            self.values[node].write_streams(None, value)
+            self.values[node].write_streams(None, value)  # a copy: a fallback's result may alias its input
         elif kind == "rows":
             self.values[node].copy_(value)
         else:
@@ -263,8 +320,16 @@ class Engine:
     # -- per frame -------------------------------------------------------------------
 
     def input_mask(self, x: torch.Tensor, threshold: float, full_streams: torch.Tensor | None) -> torch.Tensor:
+        """Changed pixels: ``max_c |x - reference| > threshold``. Reads state, changes nothing.
+
+        Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
+        small reduction over the ``[B, 1, H, W]`` difference replaces a full ``isfinite`` pass.
+        """
         ref = self.values[self.placeholder].view()
-        mask = ((x - ref).abs().amax(1, keepdim=True) > threshold).to(x.dtype)
+        diff = torch.sub(x, ref).abs_().amax(1, keepdim=True)
+        if not bool(torch.isfinite(diff.max())):
+            _raise_non_finite(x)
+        mask = (diff > threshold).to(x.dtype)
         if full_streams is not None and len(full_streams):
             mask[full_streams] = 1.0
         return mask
@@ -272,13 +337,16 @@ class Engine:
     def step_frame(self, x: torch.Tensor, mask_in: torch.Tensor) -> FrameStats:
         self.masks = {self.placeholder: mask_in}
         self._positions = {}
+        self._counts = {}
+        self._boxes = {}
         stats = FrameStats(changed_fraction=mask_in.flatten(1).mean(1).tolist())
         self._update_reference(x)
         for step in self.steps:
             mask = step.rule.propagate(step, self)
             self.masks[step.node] = mask
+            self._remember_box(step.node)
             if isinstance(mask, torch.Tensor):
-                changed = float(mask.sum())
+                changed = float(self.stream_counts(step.node).sum())
                 fraction = changed / mask.numel()
                 positions = mask.numel() if step.kind == "spatial" else mask.shape[0]
             else:
@@ -305,7 +373,7 @@ class Engine:
         pos = self.positions(node)
         if len(pos) > ref.positions // 2:
             # unchanged pixels keep their reference value (they may differ by up to the threshold)
-            ref.write_streams(None, torch.where(self.masks[node] > 0, x, ref.view()))
+            ref.adopt(torch.where(self.masks[node] > 0, x, ref.view()))
         elif len(pos):
             ref.buf.index_copy_(0, pos, x.permute(0, 2, 3, 1).reshape(-1, ref.shape[1]).index_select(0, pos))
 
@@ -369,6 +437,14 @@ class Engine:
                 )
             )
         return CoverageReport(entries)
+
+
+def _raise_non_finite(x: torch.Tensor) -> None:
+    bad = int((~torch.isfinite(x)).sum())
+    raise InputError(
+        f"the frame contains {bad} NaN or infinite values. Hint: check the decoder / normalisation; "
+        "the stream state was left unchanged."
+    )
 
 
 class SparseModule(nn.Module):
@@ -455,8 +531,8 @@ class SparseModule(nn.Module):
         """
         if self._engine is None:
             return {}
-        return {
-            self._engine.step_name(node): m
+        return {  # copies: mask buffers are reused by the next frame
+            self._engine.step_name(node): m.clone()
             for node, m in self._engine.masks.items()
             if isinstance(m, torch.Tensor)
         }
@@ -503,12 +579,8 @@ class SparseModule(nn.Module):
                     f"frame size {tuple(x.shape[1:])} differs from the streams' {engine.frame_shape}. "
                     "Hint: resize frames to the stream's size, or reset() to start the streams over at the new size."
                 )
-        if not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x)).sum())
-            raise InputError(
-                f"the frame contains {bad} NaN or infinite values. Hint: check the decoder / normalisation; "
-                "the stream state was left unchanged."
-            )
+        if engine is None and not bool(torch.isfinite(x).all()):
+            _raise_non_finite(x)  # later frames are checked on their difference (Engine.input_mask)
 
 
 __all__ = ["SparseModule", "Engine", "Step"]

@@ -119,3 +119,10 @@ def test_bad_arguments():
         fxsparse.transform(_net(), input_threshold=-1)
     with pytest.raises(TypeError, match="nn.Module"):
         fxsparse.transform(lambda x: x)
+
+
+def test_nan_in_first_frame_raises_and_holds_no_state():
+    sm = fxsparse.transform(_net())
+    with pytest.raises(fxsparse.InputError, match="NaN"):
+        sm(torch.full((1, 3, 8, 8), float("nan")))
+    assert sm.num_streams == 0

@@ -1,12 +1,12 @@
 """``RowCache``: a [B, C, H, W] activation stored as channels-last rows.
 
 Note [Row caches]: a spatial value lives in one buffer of shape
-``[B*H*W + 2, C]``: row ``(b*H + h)*W + w`` holds the C channels of one
-position, and the two extra rows are constant padding (``zero_row`` and
-``neg_inf_row``). Gathering a tile window whose rows fall outside the image
-simply points those positions at a padding row, so no per-frame ``F.pad`` copy
-of the activation is ever made, and the NCHW view of the buffer is a
-channels-last tensor that oneDNN convolves directly.
+``[B*H*W, C]``: row ``(b*H + h)*W + w`` holds the C channels of one position.
+Its NCHW view is a channels-last tensor that oneDNN convolves directly, and a
+channels-last result of a dense op can be *adopted* as the new buffer with no
+copy (a fully changed layer costs its dense op, nothing more). Windows that
+reach outside the image are gathered with clamped indices and then filled
+with the padding value (see ``kernels.tiles``), so no padded copy is made.
 """
 
 from __future__ import annotations
@@ -17,17 +17,13 @@ import torch
 class RowCache:
     """Cached activation of one graph node for all streams."""
 
-    __slots__ = ("shape", "buf", "positions", "zero_row", "neg_inf_row")
+    __slots__ = ("shape", "buf", "positions")
 
     def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device | str = "cpu"):
         b, c, h, w = shape
         self.shape = (b, c, h, w)
         self.positions = b * h * w
-        self.buf = torch.empty(self.positions + 2, c, dtype=dtype, device=device)
-        self.zero_row = self.positions
-        self.neg_inf_row = self.positions + 1
-        self.buf[self.zero_row] = 0
-        self.buf[self.neg_inf_row] = float("-inf")
+        self.buf = torch.empty(self.positions, c, dtype=dtype, device=device)
 
     @classmethod
     def from_tensor(cls, x: torch.Tensor) -> RowCache:
@@ -41,7 +37,7 @@ class RowCache:
 
     def nhwc(self) -> torch.Tensor:
         b, c, h, w = self.shape
-        return self.buf[: self.positions].view(b, h, w, c)
+        return self.buf.view(b, h, w, c)
 
     def view(self) -> torch.Tensor:
         """The value as an NCHW tensor (channels-last strides, no copy)."""
@@ -53,6 +49,13 @@ class RowCache:
             self.nhwc().copy_(value.permute(0, 2, 3, 1))
         else:
             self.nhwc()[streams] = value.permute(0, 2, 3, 1)
+
+    def adopt(self, value: torch.Tensor) -> None:
+        """Take a freshly computed NCHW ``value`` of all streams as the new buffer (no copy if channels-last)."""
+        if tuple(value.shape) == self.shape and value.is_contiguous(memory_format=torch.channels_last):
+            self.buf = value.permute(0, 2, 3, 1).reshape(self.positions, self.shape[1])
+        else:
+            self.write_streams(None, value)
 
     def read_streams(self, streams: torch.Tensor | None) -> torch.Tensor:
         view = self.view()

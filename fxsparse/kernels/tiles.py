@@ -2,6 +2,11 @@
 
 All functions take and return plain tensors; flat indices address rows of a
 :class:`~fxsparse.kernels.rows.RowCache` buffer.
+
+Note [Padding by fill]: a window tap outside the image has no row. Index
+builders clamp it to row 0 and return a boolean ``outside`` mask (or None
+when every tap is inside); ``gather`` then overwrites those entries with the
+padding value (0, or -inf for max pooling). Only border windows pay for it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,21 @@ def active_tiles(mask: torch.Tensor, tile_h: int, tile_w: int):
     return b, oy, ox
 
 
+def _clamp_outside(flat: torch.Tensor, outside: torch.Tensor):
+    """(indices with outside taps pointing at row 0, outside mask or None)."""
+    if not bool(outside.any()):
+        return flat, None
+    return flat.masked_fill_(outside, 0), outside
+
+
+def gather(buf: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None, fill: float) -> torch.Tensor:
+    """Rows ``buf[flat]`` shaped ``flat.shape + [C]``; taps marked ``outside`` hold ``fill``."""
+    out = buf.index_select(0, flat.reshape(-1)).view(*flat.shape, buf.shape[1])
+    if outside is not None:
+        out[outside] = fill
+    return out
+
+
 def window_rows(
     b: torch.Tensor,
     oy: torch.Tensor,
@@ -38,18 +58,14 @@ def window_rows(
     pad_top_left: tuple[int, int],
     window: tuple[int, int],
     in_hw: tuple[int, int],
-    pad_row: int,
-) -> torch.Tensor:
-    """Flat input-row indices ``[N, win_h, win_w]`` of the windows that produce each tile.
-
-    Positions outside the input point at ``pad_row`` (zero or -inf padding).
-    """
+):
+    """Flat input-row indices ``[N, win_h, win_w]`` of the windows that produce each tile, and the outside mask."""
     h, w = in_hw
     rows = oy[:, None] * stride[0] - pad_top_left[0] + torch.arange(window[0])
     cols = ox[:, None] * stride[1] - pad_top_left[1] + torch.arange(window[1])
     flat = (b[:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]
     outside = ((rows < 0) | (rows >= h))[:, :, None] | ((cols < 0) | (cols >= w))[:, None, :]
-    return flat.masked_fill_(outside, pad_row)
+    return _clamp_outside(flat, outside)
 
 
 def tile_rows(b: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, tile: tuple[int, int], out_hw: tuple[int, int]):
@@ -60,10 +76,9 @@ def tile_rows(b: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, tile: tuple[i
     return (b[:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]
 
 
-def gather_windows(buf: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+def gather_windows(buf: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None, fill: float) -> torch.Tensor:
     """Gather ``[N, h, w]`` rows of ``buf`` into an NCHW (channels-last) batch ``[N, C, h, w]``."""
-    n, h, w = flat.shape
-    return buf.index_select(0, flat.view(-1)).view(n, h, w, -1).permute(0, 3, 1, 2)
+    return gather(buf, flat, outside, fill).permute(0, 3, 1, 2)
 
 
 def scatter_tiles(buf: torch.Tensor, flat: torch.Tensor, tiles: torch.Tensor) -> None:
@@ -74,7 +89,17 @@ def scatter_tiles(buf: torch.Tensor, flat: torch.Tensor, tiles: torch.Tensor) ->
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Flat indices of the changed positions of a ``[B, 1, H, W]`` mask."""
-    return mask.view(-1).nonzero().view(-1)
+    return mask.reshape(-1).nonzero().view(-1)
+
+
+def positions_in_box(mask: torch.Tensor, box) -> torch.Tensor:
+    """Flat indices (into the whole ``[B, 1, H, W]`` mask) of the changed positions inside ``box``."""
+    _, _, h, w = mask.shape
+    y0, y1, x0, x1 = box
+    if (y0, y1, x0, x1) == (0, h, 0, w):
+        return positions(mask)
+    b, _, y, x = mask[:, :, y0:y1, x0:x1].nonzero(as_tuple=True)
+    return (b * h + y + y0) * w + x + x0
 
 
 def broadcast_rows(pos: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
@@ -100,15 +125,12 @@ def kernel_offsets(kernel: tuple[int, int], dilation: tuple[int, int], pad_top_l
     return rows, cols
 
 
-def neighbour_rows(pos, out_hw, in_hw, stride, offsets, pad_row: int) -> torch.Tensor:
-    """Flat input rows ``[N, K]`` read by the window of each output position (im2col indices).
-
-    Taps outside the input point at ``pad_row``.
-    """
+def neighbour_rows(pos, out_hw, in_hw, stride, offsets):
+    """Flat input rows ``[N, K]`` read by the window of each output position (im2col indices), and the outside mask."""
     ho, wo = out_hw
     h, w = in_hw
     b, y, x = pos // (ho * wo), (pos // wo) % ho, pos % wo
     rows = (y * stride[0])[:, None] + offsets[0]
     cols = (x * stride[1])[:, None] + offsets[1]
     flat = (b[:, None] * h + rows) * w + cols
-    return flat.masked_fill_((rows < 0) | (rows >= h) | (cols < 0) | (cols >= w), pad_row)
+    return _clamp_outside(flat, (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w))

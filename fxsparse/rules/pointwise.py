@@ -18,10 +18,13 @@ import torch.nn.functional as F
 from .. import ops
 from ..kernels import tiles as T
 from . import ChangeRule, register_change_rule
-from .masks import changed_streams, union
+from .masks import changed_streams, spatial_union, union
+from .window import run_dense_streams
 
 
 def propagate_pointwise(step, ctx):
+    if step.kind == "spatial":
+        return spatial_union(ctx, step.node, step.tensor_inputs, step.shape)
     return union([ctx.mask(n) for n in step.tensor_inputs], step.shape)
 
 
@@ -83,10 +86,15 @@ def execute_pointwise(step, ctx, mask):
         ctx.value(step.node)[streams] = value
         return 0
     out = ctx.cache(step.node)
+    b, _, h, w = out.shape
+    dense = ctx.dense_streams(step.node, h * w)
+    if len(dense):
+        run_dense_streams(step, ctx, dense)
+        if len(dense) == b:
+            return 0
     pos = ctx.positions(step.node)
-    if len(pos) > ctx.dense_switch * out.positions:
-        out.write_streams(None, ctx.run_dense(step, None))
-        return 0
+    if len(dense):
+        pos = pos[~torch.isin(pos // (h * w), dense)]
     rows = step.config["rows_fn"](*_row_inputs(step, ctx, pos))
     out.buf.index_copy_(0, pos, rows)
     return 0

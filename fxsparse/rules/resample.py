@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .. import ops
 from . import ChangeRule, register_change_rule
 from .masks import changed_streams
+from .window import run_dense_streams
 
 
 def _spatial_in_out(step):
@@ -80,11 +81,15 @@ def propagate_interpolate(step, ctx):
 def execute_interpolate(step, ctx, mask):
     out = ctx.cache(step.node)
     inp = ctx.cache(step.node.args[0])
-    pos = ctx.positions(step.node)
-    if len(pos) > ctx.dense_switch * out.positions:
-        out.write_streams(None, ctx.run_dense(step, None))
-        return 0
     _, _, ho, wo = out.shape
+    dense = ctx.dense_streams(step.node, ho * wo)
+    if len(dense):
+        run_dense_streams(step, ctx, dense)
+        if len(dense) == out.shape[0]:
+            return 0
+    pos = ctx.positions(step.node)
+    if len(dense):
+        pos = pos[~torch.isin(pos // (ho * wo), dense)]
     _, _, h, w = inp.shape
     b, y, x = pos // (ho * wo), (pos // wo) % ho, pos % wo
     (ri, rw), (ci, cw) = step.config["rows"], step.config["cols"]
@@ -141,10 +146,7 @@ register_change_rule(ops.pad, rule=ChangeRule("pad", propagate_pad, execute_pad,
 def execute_per_stream(step, ctx, mask):
     streams = changed_streams(mask)
     out = ctx.cache(step.node)
-    if len(streams) == out.shape[0]:
-        out.write_streams(None, ctx.run_dense(step, None))
-    else:
-        out.write_streams(streams, ctx.run_dense(step, streams))
+    run_dense_streams(step, ctx, streams)
     return len(streams) * out.shape[2] * out.shape[3] * step.macs_per_position
 
 

@@ -16,8 +16,9 @@ Lowerings (chosen per node in ``prepare``; measured in docs/performance.md):
 
 Every lowering switches a stream to the dense op when more than
 ``dense_switch`` of its output changed, so a fully changed frame costs about
-a dense run. Windows reaching outside the input read the cache's padding
-rows (zero, or -inf for max pooling): no padded copies are made.
+a dense run (its channels-last result becomes the cache without a copy).
+Windows reaching outside the input are filled with the padding value after
+the gather (Note [Padding by fill]): no padded copies are made.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..kernels import tiles as T
 from . import ChangeRule, register_change_rule
+from .masks import mask_shape, window_footprint
 
 def _geometry(step):
     """(kernel, stride, (top, bottom, left, right) padding, dilation, ceil_mode) of a window node."""
@@ -43,13 +45,12 @@ def _geometry(step):
 
 
 def propagate_window(step, ctx):
-    mask = ctx.mask(step.node.args[0])
-    k, s, (top, bottom, left, right), d, ceil_mode = _geometry(step)
-    if step.node.target is ops.conv2d:
-        if top or bottom or left or right:
-            mask = F.pad(mask, (left, right, top, bottom))
-        return F.max_pool2d(mask, k, s, 0, d)
-    return F.max_pool2d(mask, k, s, (top, left), d, ceil_mode)
+    x = step.node.args[0]
+    k, s, (top, _, left, _), d, _ = _geometry(step)
+    out = ctx.mask_buffer(step.node, mask_shape(step.shape))
+    box = ctx.box(x)
+    ctx.set_box(step.node, None if box is None else window_footprint(ctx.mask(x), box, out, k, s, (top, left), d))
+    return out
 
 
 def _avg_divisor(step, in_hw, out_hw) -> torch.Tensor:
@@ -81,7 +82,7 @@ def prepare_window(step, ctx):
     cfg = step.config
     cfg["stride"] = s
     cfg["offsets"] = T.kernel_offsets(k, d, (top, left))
-    cfg["pad_row"] = inp.neg_inf_row if step.node.target is ops.max_pool2d else inp.zero_row
+    cfg["fill"] = float("-inf") if step.node.target is ops.max_pool2d else 0.0
     cfg["identity_taps"] = k == (1, 1) and s == (1, 1) and (top, left) == (0, 0)
     target = step.node.target
     if target is ops.conv2d:
@@ -107,17 +108,18 @@ def prepare_window(step, ctx):
         cfg["divisor"] = _avg_divisor(step, inp.shape[2:], (ho, wo)).view(-1)
 
 
-def _split_dense(ctx, stream_of, counts_per_stream: int, batch: int):
+def _split_dense(ctx, counts: torch.Tensor, per_stream_total: int):
     """Streams whose changed share exceeds ``ctx.dense_switch`` (they run the dense op instead)."""
-    counts = torch.bincount(stream_of, minlength=batch)
-    return (counts > ctx.dense_switch * counts_per_stream).nonzero().view(-1)
+    return (counts > ctx.dense_switch * per_stream_total).nonzero().view(-1)
 
 
-def _run_dense(step, ctx, streams):
+def run_dense_streams(step, ctx, streams):
+    """Recompute ``streams`` of a spatial node with its dense op (all streams: adopt the result)."""
     out = ctx.cache(step.node)
-    all_streams = len(streams) == out.shape[0]
-    value = ctx.run_dense(step, None if all_streams else streams)
-    out.write_streams(None if all_streams else streams, value)
+    if len(streams) == out.shape[0]:
+        out.adopt(ctx.run_dense(step, None))
+    else:
+        out.write_streams(streams, ctx.run_dense(step, streams))
 
 
 def execute_window(step, ctx, mask):
@@ -127,12 +129,15 @@ def execute_window(step, ctx, mask):
     mpp = step.macs_per_position
     if cfg["lowering"] == "tiles":
         return _execute_tiles(step, ctx, mask)
-    pos = ctx.positions(step.node)
-    dense = _split_dense(ctx, pos // (ho * wo), ho * wo, b)
+    dense = _split_dense(ctx, ctx.stream_counts(step.node), ho * wo)
     executed = 0
     if len(dense):
-        _run_dense(step, ctx, dense)
+        run_dense_streams(step, ctx, dense)
         executed += len(dense) * ho * wo * mpp
+        if len(dense) == b:
+            return executed
+    pos = ctx.positions(step.node)
+    if len(dense):
         pos = pos[~torch.isin(pos // (ho * wo), dense)]
     if len(pos):
         out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos))
@@ -146,25 +151,31 @@ def _window_rows(step, ctx, pos):
     inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
     target = step.node.target
     if cfg["identity_taps"]:
-        src = pos[:, None]
+        src, outside = pos[:, None], None
     else:
-        src = T.neighbour_rows(pos, out.shape[2:], inp.shape[2:], cfg["stride"], cfg["offsets"], cfg["pad_row"])
+        src, outside = T.neighbour_rows(pos, out.shape[2:], inp.shape[2:], cfg["stride"], cfg["offsets"])
     if target is ops.conv2d and cfg["lowering"] == "gemm":
-        cols = inp.buf.index_select(0, src.view(-1)).view(len(pos), -1)  # [N, K*C_in]
+        cols = T.gather(inp.buf, src, outside, 0.0).view(len(pos), -1)  # [N, K*C_in]
         rows = F.linear(cols, cfg["weight2d"], step.consts[2])
         return ops.apply_activation(rows, step.node.args[7])
+
+    def tap(k):
+        rows = inp.buf.index_select(0, src[:, k])
+        if outside is not None:
+            rows[outside[:, k]] = cfg["fill"]
+        return rows
+
     if target is ops.conv2d:  # depthwise: multiply-add over the taps
         w, bias = cfg["tap_weights"], step.consts[2]
-        acc = inp.buf.index_select(0, src[:, 0]) * w[0]
+        acc = tap(0).mul_(w[0])
         for k in range(1, src.shape[1]):
-            acc.addcmul_(inp.buf.index_select(0, src[:, k]), w[k])
+            acc.addcmul_(tap(k), w[k])
         if bias is not None:
             acc += bias
         return ops.apply_activation(acc, step.node.args[7])
-    acc = inp.buf.index_select(0, src[:, 0]).clone()
+    acc = tap(0)
     for k in range(1, src.shape[1]):
-        tap = inp.buf.index_select(0, src[:, k])
-        acc = torch.maximum(acc, tap) if target is ops.max_pool2d else acc.add_(tap)
+        acc = torch.maximum(acc, tap(k)) if target is ops.max_pool2d else acc.add_(tap(k))
     if target is ops.avg_pool2d:
         acc /= cfg["divisor"][pos % (out.shape[2] * out.shape[3])].unsqueeze(1)
     return acc
@@ -176,19 +187,19 @@ def _execute_tiles(step, ctx, mask):
     b, _, ho, wo = out.shape
     th, tw = cfg["tile"]
     tb, oy, ox = T.active_tiles(mask, th, tw)
-    dense = _split_dense(ctx, tb, ho * wo // (th * tw), b)
+    n_tiles = -(-ho // th) * -(-wo // tw)
+    dense = _split_dense(ctx, torch.bincount(tb, minlength=b), n_tiles)
     executed = 0
     if len(dense):
-        _run_dense(step, ctx, dense)
+        run_dense_streams(step, ctx, dense)
         executed += len(dense) * ho * wo * step.macs_per_position
         keep = ~torch.isin(tb, dense)
         tb, oy, ox = tb[keep], oy[keep], ox[keep]
     if len(tb):
-        src = T.window_rows(
-            tb, oy, ox, stride=cfg["stride"], pad_top_left=cfg["pad_tl"], window=cfg["window"],
-            in_hw=inp.shape[2:], pad_row=cfg["pad_row"],
+        src, outside = T.window_rows(
+            tb, oy, ox, stride=cfg["stride"], pad_top_left=cfg["pad_tl"], window=cfg["window"], in_hw=inp.shape[2:]
         )
-        result = cfg["kernel"](T.gather_windows(inp.buf, src))
+        result = cfg["kernel"](T.gather_windows(inp.buf, src, outside, cfg["fill"]))
         T.scatter_tiles(out.buf, T.tile_rows(tb, oy, ox, cfg["tile"], (ho, wo)), result)
         executed += len(tb) * th * tw * step.macs_per_position
     return executed
