@@ -32,12 +32,35 @@ _ACTIVATIONS = {
 }
 ACTIVATION_NAMES = frozenset(_ACTIVATIONS)
 
+# In-place forms, for results the caller owns (a conv's or GEMM's fresh output): no second
+# full-size tensor is allocated and streamed.
+_ACTIVATIONS_INPLACE = {
+    "relu": lambda x: x.relu_(),
+    "hardtanh": lambda x, lo, hi: F.hardtanh(x, lo, hi, inplace=True),
+    "leaky_relu": lambda x, slope: F.leaky_relu(x, slope, inplace=True),
+    "elu": lambda x, alpha: F.elu(x, alpha, inplace=True),
+    "hardswish": lambda x: F.hardswish(x, inplace=True),
+    "hardsigmoid": lambda x: F.hardsigmoid(x, inplace=True),
+    "sigmoid": lambda x: x.sigmoid_(),
+    "silu": lambda x: F.silu(x, inplace=True),
+    "mish": lambda x: F.mish(x, inplace=True),
+    "tanh": lambda x: x.tanh_(),
+}
+
 
 def apply_activation(x: torch.Tensor, spec: tuple | None) -> torch.Tensor:
     """Apply the activation named by ``spec`` (or nothing when ``spec`` is None)."""
     if spec is None:
         return x
     return _ACTIVATIONS[spec[0]](x, *spec[1:])
+
+
+def apply_activation_(x: torch.Tensor, spec: tuple | None) -> torch.Tensor:
+    """``apply_activation`` in place where the op has an in-place form (``x`` must be owned by the caller)."""
+    if spec is None:
+        return x
+    fn = _ACTIVATIONS_INPLACE.get(spec[0])
+    return fn(x, *spec[1:]) if fn is not None else _ACTIVATIONS[spec[0]](x, *spec[1:])
 
 
 def activation(x: torch.Tensor, spec: tuple) -> torch.Tensor:
@@ -55,7 +78,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, act=None):
         y = F.conv2d(x, weight, bias, stride, (top, left), dilation, groups)
     else:
         y = F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, stride, 0, dilation, groups)
-    return apply_activation(y, act)
+    return apply_activation_(y, act)  # y is fresh: activate in place
 
 
 def conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation):

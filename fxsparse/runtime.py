@@ -252,6 +252,11 @@ class Engine:
             self._counts[node] = counts
         return counts
 
+    def fully_changed(self, node: fx.Node) -> bool:
+        """Did every position of every stream of this spatial node change this frame?"""
+        mask = self.masks[node]
+        return bool((self.stream_counts(node) == mask.shape[2] * mask.shape[3]).all())
+
     def box(self, node: fx.Node) -> Box | None:
         """Bounding box of the node's changed positions this frame (None: nothing changed)."""
         if node not in self._boxes:
@@ -334,13 +339,13 @@ class Engine:
             mask[full_streams] = 1.0
         return mask
 
-    def step_frame(self, x: torch.Tensor, mask_in: torch.Tensor) -> FrameStats:
+    def step_frame(self, x: torch.Tensor, mask_in: torch.Tensor, threshold: float) -> FrameStats:
         self.masks = {self.placeholder: mask_in}
         self._positions = {}
         self._counts = {}
         self._boxes = {}
         stats = FrameStats(changed_fraction=mask_in.flatten(1).mean(1).tolist())
-        self._update_reference(x)
+        self._update_reference(x, threshold)
         for step in self.steps:
             mask = step.rule.propagate(step, self)
             self.masks[step.node] = mask
@@ -365,15 +370,15 @@ class Engine:
         self._finish(stats)
         return stats
 
-    def _update_reference(self, x: torch.Tensor) -> None:
+    def _update_reference(self, x: torch.Tensor, threshold: float) -> None:
         node = self.placeholder
         for hook in self.hooks.get(node, ()):
             hook(self.masks[node])
         ref = self.values[node]
         pos = self.positions(node)
         if len(pos) > ref.positions // 2:
-            # unchanged pixels keep their reference value (they may differ by up to the threshold)
-            ref.adopt(torch.where(self.masks[node] > 0, x, ref.view()))
+            # above 0, unchanged pixels keep their reference value (they may differ by up to the threshold)
+            ref.adopt(torch.where(self.masks[node] > 0, x, ref.view()) if threshold > 0 else x)
         elif len(pos):
             ref.buf.index_copy_(0, pos, x.permute(0, 2, 3, 1).reshape(-1, ref.shape[1]).index_select(0, pos))
 
@@ -486,7 +491,7 @@ class SparseModule(nn.Module):
             engine.masks = {}
             self.stats = engine.unchanged_stats()
         else:
-            self.stats = engine.step_frame(x, mask)
+            self.stats = engine.step_frame(x, mask, self.input_threshold)
         return engine.output()
 
     def reset(self, streams=None) -> None:

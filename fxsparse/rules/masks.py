@@ -57,14 +57,18 @@ def window_out_range(lo: int, hi: int, k: int, s: int, pad: int, d: int, n_out: 
     return max(o0, 0), min(o1, n_out)
 
 
-def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation) -> Box | None:
+def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation, full=False) -> Box | None:
     """Write ``max over window`` of ``mask`` into ``out`` inside the box it can reach; return that box.
 
     Zero padding is explicit (taps outside the input read 0), which gives the
     footprint of convolutions and of pools (any padding, ceil_mode) alike.
+    ``full``: every input position changed, so every output did (no pooling needed).
     """
     _, _, h, w = mask.shape
     _, _, ho, wo = out.shape
+    if full:
+        out.fill_(1.0)
+        return 0, ho, 0, wo
     (kh, kw), (sh, sw), (pt, pl), (dh, dw) = kernel, stride, pad_top_left, dilation
     oy0, oy1 = window_out_range(box[0], box[1], kh, sh, pt, dh, ho)
     ox0, ox1 = window_out_range(box[2], box[3], kw, sw, pl, dw, wo)

@@ -49,7 +49,9 @@ def propagate_window(step, ctx):
     k, s, (top, _, left, _), d, _ = _geometry(step)
     out = ctx.mask_buffer(step.node, mask_shape(step.shape))
     box = ctx.box(x)
-    ctx.set_box(step.node, None if box is None else window_footprint(ctx.mask(x), box, out, k, s, (top, left), d))
+    if box is not None:
+        box = window_footprint(ctx.mask(x), box, out, k, s, (top, left), d, full=ctx.fully_changed(x))
+    ctx.set_box(step.node, box)
     return out
 
 
@@ -97,7 +99,7 @@ def prepare_window(step, ctx):
             cfg["tap_weights"] = weight.flatten(1).t().contiguous()  # [K, C]
             return
         bias, act = step.consts[2], step.node.args[7]
-        cfg["kernel"] = lambda win: ops.apply_activation(F.conv2d(win, weight, bias, s, 0, d, groups), act)
+        cfg["kernel"] = lambda win: ops.apply_activation_(F.conv2d(win, weight, bias, s, 0, d, groups), act)
         cfg["lowering"] = "tiles"
         cfg["tile"] = (min(ctx.tile_size, ho), min(ctx.tile_size, wo))
         cfg["window"] = tuple((t - 1) * st + dd * (kk - 1) + 1 for t, st, dd, kk in zip(cfg["tile"], s, d, k))
@@ -157,7 +159,7 @@ def _window_rows(step, ctx, pos):
     if target is ops.conv2d and cfg["lowering"] == "gemm":
         cols = T.gather(inp.buf, src, outside, 0.0).view(len(pos), -1)  # [N, K*C_in]
         rows = F.linear(cols, cfg["weight2d"], step.consts[2])
-        return ops.apply_activation(rows, step.node.args[7])
+        return ops.apply_activation_(rows, step.node.args[7])
 
     def tap(k):
         rows = inp.buf.index_select(0, src[:, k])
@@ -172,7 +174,7 @@ def _window_rows(step, ctx, pos):
             acc.addcmul_(tap(k), w[k])
         if bias is not None:
             acc += bias
-        return ops.apply_activation(acc, step.node.args[7])
+        return ops.apply_activation_(acc, step.node.args[7])
     acc = tap(0)
     for k in range(1, src.shape[1]):
         acc = torch.maximum(acc, tap(k)) if target is ops.max_pool2d else acc.add_(tap(k))
