@@ -377,8 +377,12 @@ class Engine:
         ref = self.values[node]
         pos = self.positions(node)
         if len(pos) > ref.positions // 2:
-            # above 0, unchanged pixels keep their reference value (they may differ by up to the threshold)
-            ref.adopt(torch.where(self.masks[node] > 0, x, ref.view()) if threshold > 0 else x)
+            # above 0, unchanged pixels keep their reference value (they may differ by up to the threshold);
+            # at 0 copy x: adopting the caller's tensor would let them change our reference later
+            if threshold > 0:
+                ref.adopt(torch.where(self.masks[node] > 0, x, ref.view()))
+            else:
+                ref.write_streams(None, x)
         elif len(pos):
             ref.buf.index_copy_(0, pos, x.permute(0, 2, 3, 1).reshape(-1, ref.shape[1]).index_select(0, pos))
 

@@ -126,3 +126,20 @@ def test_nan_in_first_frame_raises_and_holds_no_state():
     with pytest.raises(fxsparse.InputError, match="NaN"):
         sm(torch.full((1, 3, 8, 8), float("nan")))
     assert sm.num_streams == 0
+
+
+@pytest.mark.parametrize("changed", ["little", "everything"])
+def test_caller_reusing_its_frame_buffer_does_not_corrupt_state(changed):
+    """Decoders often write every frame into the same tensor; fxsparse must keep its own copy."""
+    net = _net()
+    sm = fxsparse.transform(net)
+    buffer = torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    sm(buffer)
+    for step in range(3):
+        if changed == "everything":
+            buffer.copy_(torch.rand_like(buffer))
+        else:
+            buffer[..., step, step] = 2.0
+        with torch.no_grad():
+            expected = net(buffer.clone())
+        assert_close_scaled(sm(buffer), expected)
