@@ -12,9 +12,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import best_dense, synthetic_frames  # noqa: E402
-
 import fxsparse  # noqa: E402
+from harness import best_dense, synthetic_frames  # noqa: E402
 
 torchvision = pytest.importorskip("torchvision")
 SIZE = (576, 768)

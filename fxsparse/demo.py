@@ -117,7 +117,8 @@ def write_report(out_dir: str, spec: str, size: tuple[int, int], rows: list[Fram
     with open(md, "w") as f:
         f.write(f"# fxsparse demo: {spec} at {size[0]}x{size[1]}\n\n")
         f.write("Synthetic fixed-camera scene (textured background, one moving square). Dense and sparse run\n"
-                "alternately on every frame in the same process; times are wall-clock.\n\n")
+                "alternately on every frame in the same process; times are wall-clock. Dense is the model as\n"
+                "given (eager, NCHW); `benchmarks/run_bench.py` compares against the fastest dense setup.\n\n")
         f.write(f"- median changed pixels: {summary['median_changed_fraction']:.2%}\n")
         f.write(f"- median dense {summary['median_dense_ms']:.1f} ms, sparse {summary['median_sparse_ms']:.1f} ms: "
                 f"**{summary['speedup_of_medians']:.2f}x**\n")

@@ -18,7 +18,6 @@ original model's output, which the tests check.
 from __future__ import annotations
 
 import itertools
-
 import operator
 from collections.abc import Callable
 
@@ -217,7 +216,8 @@ def _function_form(target, args, kwargs, gm=None):
     if is_(F.relu6):
         return ops.activation, (x, ("hardtanh", 0.0, 6.0))
     if is_(F.hardtanh, F.hardtanh_):
-        return ops.activation, (x, ("hardtanh", float(_arg(args, kwargs, 1, "min_val", -1.0)), float(_arg(args, kwargs, 2, "max_val", 1.0))))
+        lo, hi = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
+        return ops.activation, (x, ("hardtanh", float(lo), float(hi)))
     if is_(F.leaky_relu, F.leaky_relu_):
         return ops.activation, (x, ("leaky_relu", float(_arg(args, kwargs, 1, "negative_slope", 0.01))))
     if is_(F.elu, F.elu_):
@@ -307,7 +307,8 @@ def canonicalize(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op == "call_module":
             m = modules[node.target]
             with graph.inserting_before(node):
-                form = _module_form(graph, consts, m, node.target, node.args[0] if node.args else None, node.args, node.kwargs)
+                x = node.args[0] if node.args else None
+                form = _module_form(graph, consts, m, node.target, x, node.args, node.kwargs)
         elif node.op in ("call_function", "call_method"):
             form = _function_form(node.target, node.args, node.kwargs, gm)
         else:
@@ -323,8 +324,8 @@ def canonicalize(gm: fx.GraphModule) -> fx.GraphModule:
             new = graph.call_function(target, tuple(args))
         new.meta = dict(node.meta)
         # reports show the user's module path (layer1.0.conv1), not fx's generated name
-        new.meta["fxsparse_name"] = node.meta.get("fxsparse_name") or (node.target if node.op == "call_module" else node.name)
-        new.meta["fxsparse_source"] = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        own_name = node.target if node.op == "call_module" else node.name
+        new.meta["fxsparse_name"] = node.meta.get("fxsparse_name") or own_name
         _functionalize_inplace(graph, node, new)
         node.replace_all_uses_with(new)
         graph.erase_node(node)

@@ -441,7 +441,10 @@ class Engine:
         for step in self.steps:
             entries.append(
                 CoverageEntry(
-                    step.name, step.op, step.rule.name, step.config.get("lowering", "rows" if step.kind == "rows" else "positions"),
+                    step.name,
+                    step.op,
+                    step.rule.name,
+                    step.config.get("lowering", "rows" if step.kind == "rows" else "positions"),
                     step.fallback_reason,
                 )
             )

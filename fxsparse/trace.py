@@ -11,7 +11,6 @@ import os
 import traceback
 from collections.abc import Callable, Iterable
 
-import torch
 import torch.fx as fx
 from torch import nn
 

@@ -92,4 +92,10 @@ def transform(
         )
     gm = normalize(gm)
     gm.eval()
-    return SparseModule(gm, input_threshold=input_threshold, tile_size=tile_size, dense_switch=dense_switch, in_channels=_in_channels(gm))
+    return SparseModule(
+        gm,
+        input_threshold=input_threshold,
+        tile_size=tile_size,
+        dense_switch=dense_switch,
+        in_channels=_in_channels(gm),
+    )

@@ -8,8 +8,8 @@ registered rule has a case here.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,8 @@ CASES = [
     RuleCase("conv_depthwise", ops.conv2d, lambda: nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False)),
     RuleCase("conv_grouped_tiles", ops.conv2d, lambda: nn.Conv2d(3, 6, 3, stride=2, padding=2, groups=3)),
     RuleCase("conv_relu_fused", ops.conv2d, lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())),
-    RuleCase("conv_transpose", ops.conv_transpose2d, lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1)),
+    RuleCase("conv_transpose", ops.conv_transpose2d,
+             lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1)),
     RuleCase("max_pool_ceil", ops.max_pool2d, lambda: nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
     RuleCase("max_pool_dilated", ops.max_pool2d, lambda: Fn(lambda m, x: F.max_pool2d(x, 2, 1, 0, 2))),
     RuleCase("avg_pool_exclude_pad", ops.avg_pool2d, lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
@@ -66,14 +67,16 @@ CASES = [
     RuleCase("affine_bn", ops.affine, lambda: nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3).eval())),
     RuleCase("prelu", ops.prelu, lambda: nn.PReLU(3)),
     RuleCase("softmax_channels", ops.softmax, lambda: nn.Softmax(dim=1)),
-    RuleCase("add_broadcast", operator.add, lambda: Fn(lambda m, x: x + x.mean((2, 3), keepdim=True) + m.b, b=torch.randn(3, 1, 1))),
+    RuleCase("add_broadcast", operator.add,
+             lambda: Fn(lambda m, x: x + x.mean((2, 3), keepdim=True) + m.b, b=torch.randn(3, 1, 1))),
     RuleCase("sub", operator.sub, lambda: Fn(lambda m, x: x - torch.tanh(x))),
     RuleCase("mul_scalar", operator.mul, lambda: Fn(lambda m, x: x * 3.0)),
     RuleCase("div", operator.truediv, lambda: Fn(lambda m, x: x / (1.0 + x * x))),
     RuleCase("cat_channels", ops.cat, lambda: Fn(lambda m, x: torch.cat([x, torch.sigmoid(x)], 1))),
     RuleCase("upsample_nearest", ops.interpolate, lambda: nn.Upsample(scale_factor=2)),
     RuleCase("upsample_bilinear", ops.interpolate, lambda: nn.Upsample(scale_factor=3, mode="bilinear")),
-    RuleCase("resize_align", ops.interpolate, lambda: Fn(lambda m, x: F.interpolate(x, size=(7, 20), mode="bilinear", align_corners=True))),
+    RuleCase("resize_align", ops.interpolate,
+             lambda: Fn(lambda m, x: F.interpolate(x, size=(7, 20), mode="bilinear", align_corners=True))),
     RuleCase("pad", ops.pad, lambda: Fn(lambda m, x: F.pad(x, (1, 2, 0, 3), value=0.5))),
     RuleCase("flatten_linear", ops.linear, lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 5))),
     RuleCase("flatten", ops.flatten, lambda: nn.Sequential(nn.MaxPool2d(4), nn.Flatten())),

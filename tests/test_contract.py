@@ -10,7 +10,8 @@ from conftest import assert_close_scaled
 
 def _net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    layers = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)]
+    return nn.Sequential(*layers).eval()
 
 
 def _snapshot(sm):
@@ -29,12 +30,14 @@ def _same(a, b):
 BAD_FRAMES = [
     ("wrong rank", lambda: torch.rand(3, 16, 16), fxsparse.InputError, "4-D batch"),
     ("channels last", lambda: torch.rand(2, 16, 16, 3), fxsparse.InputError, "input channels"),
-    ("integer dtype", lambda: torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8), fxsparse.InputTypeError, "floating-point"),
+    ("integer dtype", lambda: torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8), fxsparse.InputTypeError,
+     "floating-point"),
     ("float64", lambda: torch.rand(2, 3, 16, 16, dtype=torch.float64), fxsparse.InputTypeError, "dtype"),
     ("frame size", lambda: torch.rand(2, 3, 20, 16), fxsparse.InputError, "reset"),
     ("batch size", lambda: torch.rand(3, 3, 16, 16), fxsparse.InputError, "reset"),
     ("nan", lambda: torch.rand(2, 3, 16, 16).index_fill_(2, torch.tensor([3]), float("nan")), fxsparse.InputError, "NaN"),
-    ("inf", lambda: torch.rand(2, 3, 16, 16).index_fill_(3, torch.tensor([0]), float("inf")), fxsparse.InputError, "infinite"),
+    ("inf", lambda: torch.rand(2, 3, 16, 16).index_fill_(3, torch.tensor([0]), float("inf")), fxsparse.InputError,
+     "infinite"),
     ("numpy array", lambda: torch.rand(2, 3, 16, 16).numpy(), fxsparse.InputTypeError, "torch.Tensor"),
 ]
 

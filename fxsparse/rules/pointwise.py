@@ -132,11 +132,20 @@ def pointwise_applies(step):
     return None
 
 
-_POINTWISE = ChangeRule("pointwise", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies)
-register_change_rule(ops.activation, rule=_POINTWISE)
-register_change_rule(ops.affine, rule=ChangeRule("affine", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
-register_change_rule(ops.prelu, rule=ChangeRule("prelu", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
-register_change_rule(ops.softmax, rule=ChangeRule("channel_softmax", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
-register_change_rule(ops.cat, rule=ChangeRule("cat", propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
-for _op in (operator.add, operator.sub, operator.mul, operator.truediv):
-    register_change_rule(_op, rule=ChangeRule(_op.__name__, propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies))
+def pointwise_rule(name: str) -> ChangeRule:
+    """The pointwise family's rule under a report name (one per op, same behaviour)."""
+    return ChangeRule(name, propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies)
+
+
+for _op, _name in [
+    (ops.activation, "pointwise"),
+    (ops.affine, "affine"),
+    (ops.prelu, "prelu"),
+    (ops.softmax, "channel_softmax"),
+    (ops.cat, "cat"),
+    (operator.add, "add"),
+    (operator.sub, "sub"),
+    (operator.mul, "mul"),
+    (operator.truediv, "truediv"),
+]:
+    register_change_rule(_op, rule=pointwise_rule(_name))

@@ -31,6 +31,7 @@ from ..kernels import tiles as T
 from . import ChangeRule, register_change_rule
 from .masks import mask_shape, window_footprint
 
+
 def _geometry(step):
     """(kernel, stride, (top, bottom, left, right) padding, dilation, ceil_mode) of a window node."""
     a = step.node.args
