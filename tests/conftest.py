@@ -36,3 +36,19 @@ def assert_close_scaled(actual, expected, where=""):
 @pytest.fixture
 def close():
     return assert_close_scaled
+
+
+def moving_object_frames(batch, h, w, frames, seed=0):
+    """A static random background with a small square moving per stream (different paths)."""
+    g = torch.Generator().manual_seed(seed)
+    background = torch.rand(batch, 3, h, w, generator=g)
+    size = max(2, min(h, w) // 10)
+    out = []
+    for t in range(frames):
+        x = background.clone()
+        for b in range(batch):
+            y0 = (5 + 3 * t * (b + 1)) % (h - size)
+            x0 = (7 + 5 * t + 11 * b) % (w - size)
+            x[b, :, y0 : y0 + size, x0 : x0 + size] = torch.tensor([1.0, 0.2, 0.1]).view(3, 1, 1)
+        out.append(x)
+    return out
