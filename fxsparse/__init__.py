@@ -6,6 +6,7 @@
 """
 
 from .errors import FxSparseError, InputError, InputTypeError, TraceFailedError
+from .patch import PatchRunner, PatchStats
 from .runtime import SparseModule
 from .stats import CoverageReport, FrameStats, LayerStats
 from .transform import transform
@@ -15,6 +16,8 @@ __version__ = "0.1.0"
 __all__ = [
     "transform",
     "SparseModule",
+    "PatchRunner",
+    "PatchStats",
     "FrameStats",
     "LayerStats",
     "CoverageReport",
