@@ -14,8 +14,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from harness import bench_scene, markdown_table, synthetic_frames  # noqa: E402
+from fxsparse.bench import bench_scene, markdown_table, synthetic_frames  # noqa: E402
 
 
 def build(name: str):

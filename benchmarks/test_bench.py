@@ -11,9 +11,8 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
 import fxsparse  # noqa: E402
-from harness import best_dense, synthetic_frames  # noqa: E402
+from fxsparse.bench import best_dense, synthetic_frames  # noqa: E402
 
 torchvision = pytest.importorskip("torchvision")
 SIZE = (576, 768)

@@ -79,11 +79,158 @@ def demo(ctx, spec, weights, size, frames, changed, threads, out_dir):
     _guarded(ctx, work)
 
 
+def _thresholds(value: str) -> list[int]:
+    try:
+        out = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers 0-255") from None
+    if not out or any(t < 0 or t > 255 for t in out):
+        raise click.BadParameter("thresholds are on the 0-255 pixel scale, e.g. 0,4,8,16")
+    return out
+
+
+def _load(spec, weights):
+    """Load a model spec, turning warnings (random weights) into one-line notes."""
+    from .modelspec import load_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(spec, weights)
+    for wmsg in caught:
+        click.echo(f"note: {wmsg.message}", err=True)
+    return model
+
+
+@main.command()
+@click.argument("source")
+@click.option("--model", "spec", default=None, help="Also estimate the cone-ideal speedup of this model.")
+@click.option("--weights", default=None, help="State-dict file for the model.")
+@click.option("--thresholds", default="0,4,8,16", show_default=True, help="Input thresholds, 0-255 scale.")
+@click.option("--size", default=None, help="Resize frames to HxW.")
+@click.option("--limit", default=None, type=int, help="Analyse at most this many frames.")
+@click.option("--fps", default=None, type=float, help="Frame rate for savings (default: the source's, else 25).")
+@click.option("--out", "out_dir", default="fxsparse-analysis", show_default=True, help="Output folder.")
+@click.pass_context
+def analyze(ctx, source, spec, weights, thresholds, size, limit, fps, out_dir):
+    """How much of SOURCE (video file, image folder, camera index, URL) changes, and what it saves."""
+    from tqdm import tqdm
+
+    from .analyze import analyze_frames, write_analysis
+    from .video import check_source, read_frames, source_fps
+
+    def work():
+        check_source(source)
+        levels = _thresholds(thresholds)
+        model = _load(spec, weights) if spec else None
+        rate = fps or source_fps(source)
+        bar = tqdm(total=limit, desc="analyze", unit="frame", file=sys.stderr)
+        result = analyze_frames(read_frames(source, size=_size(size) if size else None, limit=limit), levels,
+                                model=model, model_name=spec, fps=rate, progress=lambda i: bar.update(1))
+        bar.close()
+        path = write_analysis(result, out_dir, source)
+        for t, row in result.summary()["thresholds"].items():
+            line = f"threshold {t:>3}: median {row['median_changed']:.2%} of pixels changed"
+            if "median_cone_speedup" in row:
+                line += f", cone-ideal {row['median_cone_speedup']:.2f}x"
+            click.echo(line)
+        click.echo(f"report: {path}")
+
+    _guarded(ctx, work)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--model", "spec", required=True, help="torchvision:NAME, path/model.py:factory or builtin:tiny.")
+@click.option("--weights", default=None, help="State-dict file for the model.")
+@click.option("--mode", type=click.Choice(["exact", "threshold", "patch"]), default="exact", show_default=True)
+@click.option("--threshold", default=8.0, show_default=True, help="Input threshold (0-255) for threshold/patch modes.")
+@click.option("--size", default=None, help="Resize frames to HxW.")
+@click.option("--limit", default=None, type=int, help="Process at most this many frames.")
+@click.option("--out", "out_video", default="fxsparse-run.mp4", show_default=True, help="Output video (.mp4/.avi).")
+@click.option("--json", "json_path", default=None, help="Per-frame JSON Lines (default: next to the video).")
+@click.option("--compare-dense", is_flag=True, help="Also run the dense model: agreement, speedup, savings.")
+@click.option("--fps", default=None, type=float, help="Frame rate (default: the source's, else 25).")
+@click.option("--watts-per-core", default=10.0, show_default=True, help="For the energy estimate without RAPL.")
+@click.pass_context
+def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, json_path, compare_dense, fps,
+        watts_per_core):
+    """Run a model over SOURCE sparsely; write an overlay video, per-frame JSON and a summary."""
+    import json as _json
+    import os
+
+    from tqdm import tqdm
+
+    from .run import run_frames
+    from .video import check_source, read_frames, source_fps
+    from .videowriter import VideoWriter
+
+    def work():
+        check_source(source)  # before any output file exists
+        model = _load(spec, weights)
+        rate = fps or source_fps(source) or 25.0
+        frames = read_frames(source, size=_size(size) if size else None, limit=limit)
+        jpath = json_path or os.path.splitext(out_video)[0] + ".jsonl"
+        bar = tqdm(total=limit, desc=f"{mode}", unit="frame", file=sys.stderr)
+
+        def live(rec):
+            bar.update(1)
+            post = {"changed": f"{rec['changed_fraction']:.1%}", "ms": f"{rec['sparse_ms']:.0f}"}
+            if "dense_ms" in rec:
+                post["speedup"] = f"{rec['dense_ms'] / max(rec['sparse_ms'], 1e-6):.2f}x"
+            bar.set_postfix(post)
+
+        with VideoWriter(out_video, fps=rate) as writer, open(jpath, "w") as jsonl:
+            summary = run_frames(frames, model, mode=mode, threshold=threshold, compare_dense=compare_dense,
+                                 writer=writer, jsonl=jsonl, fps=rate, watts_per_core=watts_per_core, on_frame=live)
+        bar.close()
+        result = summary.as_dict()
+        with open(os.path.splitext(out_video)[0] + ".summary.json", "w") as f:
+            _json.dump(result, f, indent=1)
+        click.echo(_json.dumps(result, indent=1))
+        click.echo(f"video: {out_video} ({summary.frames} frames); per-frame JSON: {jpath}")
+        if summary.interrupted:
+            click.echo(f"interrupted after {summary.frames} frames; the outputs are complete up to there.", err=True)
+            ctx.exit(130)
+
+    _guarded(ctx, work)
+
+
+@main.command()
+@click.option("--model", "spec", required=True, help="torchvision:NAME, path/model.py:factory or builtin:tiny.")
+@click.option("--weights", default=None, help="State-dict file for the model.")
+@click.option("--size", default="576x768", show_default=True, help="Frame size HxW.")
+@click.option("--fractions", default="0.01,0.05,0.2", show_default=True, help="Changed share per frame.")
+@click.option("--frames", default=8, show_default=True, help="Frames per scene after the first.")
+@click.option("--out", "out_path", default=None, help="Write the rows as JSON here.")
+@click.pass_context
+def bench(ctx, spec, weights, size, fractions, frames, out_path):
+    """Sparse vs the fastest dense eager setup on synthetic moving-object scenes (same process)."""
+    import json as _json
+
+    from .bench import bench_scene, markdown_table, synthetic_frames
+
+    def work():
+        h, w = _size(size)
+        model = _load(spec, weights)
+        rows = []
+        for frac in (float(f) for f in fractions.split(",")):
+            if not 0 < frac <= 1:
+                raise click.BadParameter("--fractions must lie in (0, 1]")
+            rows.append(bench_scene(model, spec, synthetic_frames(h, w, frac, frames + 1), f"synthetic {frac:.0%}"))
+            click.echo(markdown_table(rows[-1:]).splitlines()[-1])
+        click.echo(markdown_table(rows))
+        if out_path:
+            with open(out_path, "w") as f:
+                _json.dump([r.as_dict() for r in rows], f, indent=1)
+
+    _guarded(ctx, work)
+
+
 def _guarded(ctx, work):
     """One-line errors (with the fix) and a non-zero exit; full traceback only with --debug."""
     try:
         work()
-    except (FxSparseError, click.BadParameter, OSError) as e:
+    except (FxSparseError, click.BadParameter, OSError, ValueError) as e:
         if ctx.obj.get("debug"):
             raise
         click.echo(f"error: {e}", err=True)

@@ -339,13 +339,19 @@ class Engine:
             mask[full_streams] = 1.0
         return mask
 
-    def step_frame(self, x: torch.Tensor, mask_in: torch.Tensor, threshold: float) -> FrameStats:
+    def step_frame(self, x: torch.Tensor | None, mask_in: torch.Tensor, threshold: float) -> FrameStats:
+        """Propagate ``mask_in`` through every step and recompute what it reaches.
+
+        With ``x`` None nothing is computed and no cache changes: only the masks are propagated, and
+        the stats give the cone of a hypothetical change (``SparseModule.estimate``).
+        """
         self.masks = {self.placeholder: mask_in}
         self._positions = {}
         self._counts = {}
         self._boxes = {}
         stats = FrameStats(changed_fraction=mask_in.flatten(1).mean(1).tolist())
-        self._update_reference(x, threshold)
+        if x is not None:
+            self._update_reference(x, threshold)
         for step in self.steps:
             mask = step.rule.propagate(step, self)
             self.masks[step.node] = mask
@@ -358,7 +364,7 @@ class Engine:
                 changed = fraction = float(bool(mask))
                 positions = 1
             executed = 0
-            if changed:
+            if changed and x is not None:
                 for hook in self.hooks.get(step.node, ()):
                     hook(mask)
                 executed = step.rule.execute(step, self, mask)
@@ -534,6 +540,22 @@ class SparseModule(nn.Module):
             example = torch.zeros(1, self.in_channels or 3, 224, 224, dtype=self._dtype)
         with torch.inference_mode():
             return Engine(self.graph_module, example, self.tile_size, self.dense_switch).coverage()
+
+    @torch.inference_mode()
+    def estimate(self, mask: torch.Tensor) -> FrameStats:
+        """Stats of a hypothetical frame whose changed pixels are ``mask`` ``[B, 1, H, W]``.
+
+        Only masks are propagated (cheap); nothing is computed and the streams' caches stay as they
+        are. ``macs_cone`` is then what an exact run would have to compute (``macs_executed`` is 0).
+        Needs a first frame (it fixes the shapes).
+        """
+        engine = self._engine
+        if engine is None:
+            raise InputError("estimate() needs the streams' first frame. Hint: call the module on a frame first.")
+        expected = (engine.batch, 1) + engine.frame_shape[1:]
+        if tuple(mask.shape) != expected:
+            raise InputError(f"mask of shape {tuple(mask.shape)}; expected {expected} ([B, 1, H, W] of the streams).")
+        return engine.step_frame(None, mask.to(self._dtype), self.input_threshold)
 
     def change_masks(self) -> dict[str, torch.Tensor]:
         """The change mask of every node in the last call (``[B, 1, H, W]`` or ``[B, 1]``), by node name.

@@ -39,18 +39,58 @@ def image_files(folder: str) -> list[str]:
     return files
 
 
+def _is_live(source: str) -> bool:
+    return source.isdigit() or "://" in source
+
+
+def _open_video(source: str):
+    try:
+        import av
+    except ImportError as e:
+        raise SourceError("reading video needs PyAV. Hint: pip install 'fxsparse[video]'.") from e
+    try:
+        if source.isdigit():  # a camera index: Video4Linux device
+            return av.open(f"/dev/video{source}", format="v4l2")
+        return av.open(source)
+    except Exception as e:  # PyAV raises several error types for unreadable inputs
+        raise SourceError(f"cannot open {source!r} as a video: {e}") from e
+
+
+def check_source(source: str) -> None:
+    """Raise SourceError now if ``source`` cannot be read (before any output is created)."""
+    if _is_live(source):
+        return
+    if not os.path.exists(source):
+        raise SourceError(f"{source!r} does not exist. Hint: give a video file or a folder of frames.")
+    if os.path.isdir(source):
+        image_files(source)
+    else:
+        with _open_video(source):
+            pass
+
+
+def source_fps(source: str) -> float | None:
+    """Frames per second of a video source (None for image folders or when unknown)."""
+    check_source(source)
+    if os.path.isdir(source) or _is_live(source):
+        return None
+    with _open_video(source) as container:
+        rate = container.streams.video[0].average_rate
+        return float(rate) if rate else None
+
+
 def read_frames(source: str, *, size: tuple[int, int] | None = None, limit: int | None = None,
                 start: int = 0) -> Iterator[torch.Tensor]:
-    """Yield frames ``[3, H, W]`` in [0, 1] from a video file or an image folder.
+    """Yield frames ``[3, H, W]`` in [0, 1] from a video file, an image folder, a camera or a stream.
 
     Args:
-        source: a video file (anything FFmpeg reads) or a folder of images.
+        source: a video file (anything FFmpeg reads), a folder of images, a camera index (``0`` for
+            ``/dev/video0``) or a stream URL (``rtsp://...``).
         size: resize every frame to (H, W).
         limit: stop after this many frames.
         start: skip this many frames first.
     """
-    if not os.path.exists(source):
-        raise SourceError(f"{source!r} does not exist. Hint: give a video file or a folder of frames.")
+    check_source(source)
     count = 0
     if os.path.isdir(source):
         from PIL import Image
@@ -62,15 +102,7 @@ def read_frames(source: str, *, size: tuple[int, int] | None = None, limit: int 
                 yield _to_tensor(np.asarray(im.convert("RGB")), size)
             count += 1
         return
-    try:
-        import av
-    except ImportError as e:
-        raise SourceError("reading video files needs PyAV. Hint: pip install 'fxsparse[video]'.") from e
-    try:
-        container = av.open(source)
-    except Exception as e:  # PyAV raises several error types for unreadable files
-        raise SourceError(f"cannot open {source!r} as a video: {e}") from e
-    with container:
+    with _open_video(source) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i < start:
                 continue

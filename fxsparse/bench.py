@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-import fxsparse
-from fxsparse.normalize import normalize
-from fxsparse.scenes import moving_objects
-from fxsparse.trace import trace_model
+from .normalize import normalize
+from .scenes import moving_objects
+from .trace import trace_model
+from .transform import transform
 
 
 @dataclass
@@ -81,7 +81,7 @@ def bench_scene(model: nn.Module, model_name: str, frames: list[torch.Tensor], s
     """Interleave dense and sparse over ``frames`` (the first fills the caches); return medians."""
     model = model.eval()
     dense_name, dense = dense_name_fn or best_dense(model, frames[0])
-    sm = fxsparse.transform(model, input_threshold=input_threshold)
+    sm = transform(model, input_threshold=input_threshold)
     sm(frames[0])
     dense(frames[0])
     d_times, s_times, cones, execs, fracs = [], [], [], [], []
