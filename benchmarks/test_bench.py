@@ -5,8 +5,6 @@ state advances); the dense benchmark runs the best dense setup on the same frame
 """
 
 import itertools
-import os
-import sys
 
 import pytest
 import torch
