@@ -16,9 +16,11 @@ class EnergyMeter:
     CPU-seconds of this process times ``watts_per_core`` (``estimated`` is then True).
     """
 
-    def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE):
+    RAPL_GLOB = "/sys/class/powercap/intel-rapl:[0-9]*/energy_uj"
+
+    def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, rapl_glob: str = RAPL_GLOB):
         self.watts_per_core = watts_per_core
-        self.paths = [p for p in glob.glob("/sys/class/powercap/intel-rapl:[0-9]*/energy_uj") if os.access(p, os.R_OK)]
+        self.paths = [p for p in glob.glob(rapl_glob) if os.access(p, os.R_OK)]
         if self.paths:
             try:
                 self._read()
