@@ -151,3 +151,21 @@ def test_bench_command(tmp_path):
     rows = json.loads(out.read_text())
     assert rows[0]["model"] == "builtin:tiny" and rows[0]["cone_speedup"] >= 1.0
 
+
+
+@pytest.mark.skipif(not os.path.isdir(HIGHWAY), reason="shared CDnet highway frames not present")
+def test_torchvision_model_on_cdnet_analyze_and_run(tmp_path):
+    pytest.importorskip("torchvision")
+    spec = "torchvision:lraspp_mobilenet_v3_large"
+    r = CliRunner().invoke(main, ["analyze", HIGHWAY, "--model", spec, "--limit", "4", "--size", "64x80",
+                                  "--thresholds", "8,16", "--out", str(tmp_path / "an")])
+    assert r.exit_code == 0, r.output
+    assert "random weights" in r.output  # the note says the weights are random, not silently
+    assert json.loads((tmp_path / "an" / "summary.json").read_text())["thresholds"]["16"]["median_cone_speedup"] >= 1
+    video = tmp_path / "seg.mp4"
+    r = CliRunner().invoke(main, ["run", HIGHWAY, "--model", spec, "--limit", "4", "--size", "64x80",
+                                  "--compare-dense", "--out", str(video)])
+    assert r.exit_code == 0, r.output
+    assert _decoded_frames(str(video)) == 4
+    records = [json.loads(line) for line in (tmp_path / "seg.jsonl").read_text().splitlines()]
+    assert max(rec["max_rel_error"] for rec in records) < 1e-4 and all(rec["argmax_agree"] == 1.0 for rec in records)
