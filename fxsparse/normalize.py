@@ -429,3 +429,49 @@ def normalize(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 __all__ = ["normalize", "canonicalize", "fold_batchnorm", "fuse_activation"]
+
+
+GLOBAL_KEY = "global"
+
+# single-input ops a pooled vector may pass through before a layer reads it
+_VECTOR_PASSTHROUGH = (ops.flatten, ops.activation, ops.prelu, ops.affine)
+
+
+def reads_global_vector(node: fx.Node) -> bool:
+    """Does this conv / linear read a pooled vector (squeeze-excite, ASPP pooling, a classifier head)?"""
+    x = node.args[0]
+    while isinstance(x, fx.Node) and x.target in _VECTOR_PASSTHROUGH:
+        x = x.args[0]
+    return isinstance(x, fx.Node) and x.target is ops.spatial_mean
+
+
+def insert_gates(gm: fx.GraphModule, threshold_of: Callable[[str], float | None]) -> list[tuple[str, float]]:
+    """Put a threshold gate (Note [Gates] in rules/gate.py) on the data input of every conv / linear layer
+    whose name ``threshold_of`` gives a positive threshold. The image input is left to ``input_threshold``.
+
+    Layers that read the same value with the same threshold share one gate. Returns (layer, threshold) pairs.
+    """
+    graph = gm.graph
+    gates: dict[tuple[fx.Node, float], fx.Node] = {}
+    placed = []
+    for node in list(graph.nodes):
+        if node.target not in (ops.conv2d, ops.linear):
+            continue
+        name = node.meta.get("fxsparse_name", node.name)
+        t = threshold_of(name)
+        if t is None and reads_global_vector(node):
+            t = threshold_of(GLOBAL_KEY)
+        x = node.args[0]
+        if t is None or t <= 0 or not isinstance(x, fx.Node) or x.op == "placeholder":
+            continue
+        key = (x, float(t))
+        if key not in gates:
+            with graph.inserting_after(x):
+                gate = graph.call_function(ops.gate, (x, float(t)))
+            gate.meta["fxsparse_name"] = f"{x.meta.get('fxsparse_name', x.name)}>gate"
+            gates[key] = gate
+        node.args = (gates[key],) + tuple(node.args[1:])
+        placed.append((name, float(t)))
+    graph.lint()
+    gm.recompile()
+    return placed

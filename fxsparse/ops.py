@@ -150,6 +150,15 @@ def pad(x, pad, value):
     return F.pad(x, pad, "constant", value)
 
 
+# -- thresholds ----------------------------------------------------------------
+
+
+def gate(x, threshold):
+    """Identity when run densely. Sparse runs pass on only the positions whose value moved by more
+    than ``threshold`` (max over channels) since the last value the gate let through (rules/gate.py)."""
+    return x
+
+
 # -- per-row ops (batch rows are independent; no spatial structure) ------------
 
 

@@ -132,6 +132,7 @@ class Engine:
         self._positions: dict[fx.Node, torch.Tensor] = {}
         self._counts: dict[fx.Node, torch.Tensor] = {}
         self._boxes: dict[fx.Node, Box | None] = {}
+        self.executing = True  # False while estimate() propagates masks only
         # reusable mask buffers: (tensor, box last written) per node (Note [Mask boxes])
         self._mask_buffers: dict[fx.Node, tuple[torch.Tensor, Box | None]] = {}
         self.placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
@@ -263,6 +264,10 @@ class Engine:
             self._boxes[node] = box_of(self.masks[node])
         return self._boxes[node]
 
+    def set_positions(self, node: fx.Node, pos: torch.Tensor) -> None:
+        """A rule that already knows its changed positions (a gate) records them, saving a nonzero."""
+        self._positions[node] = pos
+
     def set_box(self, node: fx.Node, box: Box | None) -> None:
         """A rule that knows its mask's box says so (it must contain every changed position)."""
         self._boxes[node] = box
@@ -350,6 +355,7 @@ class Engine:
         self._counts = {}
         self._boxes = {}
         stats = FrameStats(changed_fraction=mask_in.flatten(1).mean(1).tolist())
+        self.executing = x is not None
         if x is not None:
             self._update_reference(x, threshold)
         for step in self.steps:

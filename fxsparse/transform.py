@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterable
 
 import torch.fx as fx
@@ -9,7 +10,7 @@ from torch import nn
 
 from . import ops
 from .errors import FxSparseError
-from .normalize import get_attr_value, normalize
+from .normalize import GLOBAL_KEY, get_attr_value, insert_gates, normalize
 from .runtime import SparseModule
 from .trace import trace_model
 
@@ -24,10 +25,37 @@ def _in_channels(gm: fx.GraphModule) -> int | None:
     return None
 
 
+def threshold_lookup(threshold: float | dict[str, float] | None) -> Callable[[str], float | None]:
+    """Layer name -> threshold: a float for every layer, or a dict of names / glob patterns (first match wins,
+    exact names before patterns)."""
+    if threshold is None:
+        return lambda name: None
+    if isinstance(threshold, (int, float)):
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        return lambda name: float(threshold)
+    if not isinstance(threshold, dict):
+        raise TypeError(f"threshold must be a float or a dict of layer name / glob -> float, got {type(threshold).__name__}")
+    for key, value in threshold.items():
+        if value < 0:
+            raise ValueError(f"threshold for {key!r} must be >= 0, got {value}")
+
+    def lookup(name: str) -> float | None:
+        if name in threshold:
+            return float(threshold[name])
+        for pattern, value in threshold.items():
+            if pattern != GLOBAL_KEY and fnmatch.fnmatchcase(name, pattern):
+                return float(value)
+        return None
+
+    return lookup
+
+
 def transform(
     model: nn.Module,
     *,
     input_threshold: float = 0.0,
+    threshold: float | dict[str, float] | None = None,
     tile_size: int = 8,
     dense_switch: float = 0.5,
     leaf_modules: Iterable[type[nn.Module]] = (),
@@ -44,6 +72,11 @@ def transform(
             reference is updated only there. ``0.0`` (default) is exact: the
             output equals ``model(x)``. Above 0 the output equals the model on
             the reference frame.
+        threshold: layer thresholds (approximate mode): a float for every conv / linear layer, or a
+            dict from layer name or glob pattern (``"features.1*"``) to float; the key ``"global"``
+            matches every layer that reads a pooled vector (squeeze-excite, ASPP pooling, heads). A gate on the layer's
+            input passes on only positions whose value moved by more than the threshold since the
+            last value it let through (see docs/thresholds.md). None or 0: exact.
         tile_size: output tile edge of the tiled conv lowering.
         dense_switch: a layer whose changed share of a stream's output exceeds
             this runs the dense op for that stream instead of gathering tiles
@@ -91,11 +124,23 @@ def transform(
             "Hint: wrap the model in a module whose forward(x) takes the frame and supplies the other arguments."
         )
     gm = normalize(gm)
+    lookup = threshold_lookup(threshold)
+    gates = insert_gates(gm, lookup)
+    if isinstance(threshold, dict):
+        names = {n.meta.get("fxsparse_name", n.name) for n in gm.graph.nodes if n.target in (ops.conv2d, ops.linear)}
+        unused = [k for k in threshold if k != GLOBAL_KEY and not any(fnmatch.fnmatchcase(n, k) for n in names)]
+        if unused:
+            raise ValueError(
+                f"threshold keys match no conv / linear layer: {unused}. "
+                "Hint: layer names are module paths, see fxsparse.transform(model).coverage()."
+            )
     gm.eval()
-    return SparseModule(
+    sm = SparseModule(
         gm,
         input_threshold=input_threshold,
         tile_size=tile_size,
         dense_switch=dense_switch,
         in_channels=_in_channels(gm),
     )
+    sm.gates = gates
+    return sm

@@ -69,4 +69,4 @@ def get_change_rule(target) -> ChangeRule | None:
 
 
 # The families register themselves on import; imported explicitly, in one place.
-from . import global_, pointwise, resample, rowwise, structural, window  # noqa: E402,F401
+from . import gate, global_, pointwise, resample, rowwise, structural, window  # noqa: E402,F401
