@@ -38,7 +38,7 @@ class RuleCase:
     make: Callable[[], nn.Module]
     shape: tuple = (2, 3, 11, 13)
     exact_footprint: bool = True  # the predicted mask equals the brute-force footprint
-    extra: dict = field(default_factory=dict)
+    transform_kwargs: dict = field(default_factory=dict)
 
 
 def _conv(**kw):
@@ -81,6 +81,9 @@ CASES = [
     RuleCase("flatten_linear", ops.linear, lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 5))),
     RuleCase("flatten", ops.flatten, lambda: nn.Sequential(nn.MaxPool2d(4), nn.Flatten())),
     # an opaque leaf changes as a whole: sound, deliberately not exact
+    # a gate far below float noise passes exactly the positions whose value differs
+    RuleCase("gate_tiny_threshold", ops.gate, lambda: nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1)),
+             transform_kwargs={"threshold": 1e-30}),
     RuleCase("getitem_of_leaf_tuple", operator.getitem, lambda: TupleUser(), exact_footprint=False),
 ]
 

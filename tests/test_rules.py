@@ -12,7 +12,7 @@ from rule_db import CASES, LEAVES
 def _transform(case, **kw):
     torch.manual_seed(0)
     model = case.make().eval()
-    return model, fxsparse.transform(model, leaf_modules=LEAVES.get(case.name, ()), **kw)
+    return model, fxsparse.transform(model, leaf_modules=LEAVES.get(case.name, ()), **case.transform_kwargs, **kw)
 
 
 def test_every_rule_has_a_case():
