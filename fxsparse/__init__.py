@@ -10,11 +10,15 @@ from .patch import PatchRunner, PatchStats
 from .runtime import SparseModule
 from .stats import CoverageReport, FrameStats, LayerStats
 from .transform import transform
+from .tune import TuneResult, evaluate, tune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "transform",
+    "tune",
+    "evaluate",
+    "TuneResult",
     "SparseModule",
     "PatchRunner",
     "PatchStats",

@@ -1,0 +1,259 @@
+"""``fxsparse.tune``: pick input and layer thresholds on a calibration clip.
+
+The search space is small on purpose: an input threshold, and one scale factor ``s`` that sets every
+gated layer's threshold to ``s x`` (mean |input| of that layer on the first calibration frame), so
+layers with large activations get proportionally larger thresholds. For each input threshold, ``s``
+grows until a constraint fails (the error grows with ``s``; we stop at the first failure). Every input
+threshold is tried: the error is *not* monotonic in it (a held reference built from sub-threshold noise of
+different frames can be worse at a small threshold than at a larger one). Among the
+configs that meet every constraint, the one with the fewest executed MACs (or the lowest measured
+time) wins. Every explored point is returned, so the trade-off curve can be plotted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from . import ops
+from .transform import transform
+
+# -- metrics: (sparse output, dense output) -> value, and whether higher is better ------------------
+
+
+def _tensors(y):
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):
+        return [t for v in y.values() for t in _tensors(v)]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in _tensors(v)]
+    return []
+
+
+def _main(y):
+    return _tensors(y)[0]
+
+
+def max_rel_error(a, b) -> float:
+    """max |a - b| / max |b| over all outputs."""
+    return max(float((x - y).abs().max()) / (float(y.abs().max()) or 1.0) for x, y in zip(_tensors(a), _tensors(b)))
+
+
+def mean_rel_error(a, b) -> float:
+    """Relative L2 error ||a - b|| / ||b|| of the first output (e.g. logits), averaged over streams."""
+    x, y = _main(a).flatten(1), _main(b).flatten(1)
+    return float(((x - y).norm(dim=1) / y.norm(dim=1).clamp(min=1e-12)).mean())
+
+
+def top1(a, b) -> float:
+    """Share of streams whose top-1 class agrees (first output, [B, K])."""
+    return float((_main(a).argmax(1) == _main(b).argmax(1)).float().mean())
+
+
+def miou(a, b) -> float:
+    """Mean over streams and classes present of the IoU of argmax maps (first [B, K, H, W] output)."""
+    x, y = _main(a).argmax(1), _main(b).argmax(1)
+    ious = []
+    for s in range(x.shape[0]):
+        for c in torch.unique(torch.cat([x[s].flatten(), y[s].flatten()])):
+            inter = ((x[s] == c) & (y[s] == c)).sum().item()
+            union = ((x[s] == c) | (y[s] == c)).sum().item()
+            ious.append(inter / union if union else 1.0)
+    return statistics.mean(ious) if ious else 1.0
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU matrix of boxes [N, 4] and [M, 4] (x0, y0, x1, y1)."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = lambda z: (z[:, 2:] - z[:, :2]).clamp(min=0).prod(-1)
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter).clamp(min=1e-9)
+
+
+def box_f1(boxes_a: torch.Tensor, boxes_b: torch.Tensor, iou: float = 0.5) -> float:
+    """F1 of boxes ``a`` against reference boxes ``b`` at IoU >= ``iou`` (greedy one-to-one matching)."""
+    if len(boxes_a) == 0 and len(boxes_b) == 0:
+        return 1.0
+    if len(boxes_a) == 0 or len(boxes_b) == 0:
+        return 0.0
+    m = box_iou(boxes_a, boxes_b)
+    matched, used = 0, set()
+    for i in m.max(1).values.argsort(descending=True).tolist():
+        j = int(m[i].argmax())
+        if m[i, j] >= iou and j not in used:
+            used.add(j)
+            matched += 1
+    precision, recall = matched / len(boxes_a), matched / len(boxes_b)
+    return 0.0 if matched == 0 else 2 * precision * recall / (precision + recall)
+
+
+METRICS: dict[str, tuple[Callable, bool]] = {
+    "max_rel_error": (max_rel_error, False),
+    "mean_rel_error": (mean_rel_error, False),
+    "top1": (top1, True),
+    "miou": (miou, True),
+}
+
+
+def box_f1_metric(decode: Callable) -> tuple[Callable, bool]:
+    """A box-F1 metric for detectors: ``decode(output) -> list of [N, 4] boxes``, one per stream."""
+
+    def metric(a, b):
+        return statistics.mean(box_f1(x, y) for x, y in zip(decode(a), decode(b)))
+
+    return metric, True
+
+
+# -- the search ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TunePoint:
+    input_threshold: float
+    scale: float
+    executed_fraction: float  # mean macs_executed / macs_dense over the clip
+    metrics: dict[str, float]  # worst case (min for higher-is-better, max otherwise) or mean, see tune()
+    ok: bool
+    ms: float | None = None
+
+
+@dataclass
+class TuneResult:
+    config: dict  # pass to fxsparse.transform(model, **config)
+    chosen: TunePoint
+    curve: list[TunePoint] = field(default_factory=list)
+    layer_scales: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        names = list(self.chosen.metrics)
+        lines = ["| input threshold | scale | executed MACs | " + " | ".join(names) + " | meets target |",
+                 "|---" * (len(names) + 4) + "|"]
+        for p in self.curve:
+            mark = "**chosen**" if p is self.chosen else ("yes" if p.ok else "no")
+            lines.append(f"| {p.input_threshold * 255:.0f}/255 | {p.scale:g} | {p.executed_fraction:.1%} | "
+                         + " | ".join(f"{p.metrics[n]:.4f}" for n in names) + f" | {mark} |")
+        return "\n".join(lines)
+
+
+def layer_input_scales(model, frame: torch.Tensor) -> dict[str, float]:
+    """Mean |input| of every conv / linear layer on one frame (by layer name), from a dense run."""
+    sm = transform(model)
+    sm(frame)
+    engine = sm._engine
+    scales = {}
+    for step in engine.steps:
+        if step.node.target in (ops.conv2d, ops.linear):
+            x = engine.values[step.node.args[0]]
+            value = x.buf if hasattr(x, "buf") else x
+            scales[step.name] = float(value.abs().mean())
+    return scales
+
+
+@torch.inference_mode()
+def evaluate(model, frames: Sequence[torch.Tensor], config: dict, constraints: dict, *, dense_outputs=None,
+             metric_fns=None, timed=False) -> TunePoint:
+    """Run ``transform(model, **config)`` over ``frames``; aggregate every constrained metric over frames 1..
+    (worst frame for error metrics and box F1; mean for agreement shares: top1, miou)."""
+    metric_fns = metric_fns or {}
+    sm = transform(model, **config)
+    values = {name: [] for name in constraints}
+    executed, times = [], []
+    for i, x in enumerate(frames):
+        t = time.perf_counter()
+        out = sm(x)
+        times.append(time.perf_counter() - t)
+        dense = dense_outputs[i] if dense_outputs is not None else model(x)
+        if i == 0:
+            continue
+        executed.append(sm.stats.macs_executed / sm.stats.macs_dense)
+        for name in constraints:
+            fn, _ = metric_fns.get(name) or METRICS[name]
+            values[name].append(fn(out, dense))
+    agg = {}
+    ok = True
+    for name, target in constraints.items():
+        _, higher = metric_fns.get(name) or METRICS[name]
+        series = values[name]
+        agg[name] = statistics.mean(series) if name in ("top1", "miou") else (min(series) if higher else max(series))
+        ok &= agg[name] >= target if higher else agg[name] <= target
+    return TunePoint(config.get("input_threshold", 0.0), 0.0, statistics.mean(executed), agg, ok,
+                     statistics.median(times[1:]) * 1e3 if timed else None)
+
+
+def tune(
+    model,
+    frames: Sequence[torch.Tensor],
+    *,
+    constraints: dict[str, float] | None = None,
+    metric: str | None = None,
+    target: float | None = None,
+    decode: Callable | None = None,
+    input_thresholds: Sequence[float] = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
+    scales: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
+    objective: str = "macs",
+    progress: Callable[[TunePoint], None] | None = None,
+) -> TuneResult:
+    """Choose ``input_threshold`` and layer thresholds that minimise work while the outputs stay close to dense.
+
+    Args:
+        model: the model (eval mode).
+        frames: calibration frames, each ``[B, C, H, W]`` (B streams; frame 0 fills the caches).
+        constraints: metric name -> target, all must hold: ``max_rel_error``/``mean_rel_error`` (at most),
+            ``top1``/``miou``/``box_f1`` (at least). Or give one ``metric`` and ``target``.
+        decode: for ``box_f1``: output -> list of [N, 4] boxes per stream.
+        input_thresholds, scales: the grid (see module docstring).
+        objective: ``"macs"`` (fewest executed MACs; deterministic) or ``"time"`` (lowest median time).
+
+    Returns:
+        TuneResult: ``config`` for ``fxsparse.transform(model, **config)``, the chosen point and the curve.
+    """
+    if constraints is None:
+        if metric is None or target is None:
+            raise ValueError("give constraints={'top1': 0.99, ...} or metric= and target=")
+        constraints = {metric: target}
+    metric_fns = {}
+    if "box_f1" in constraints:
+        if decode is None:
+            raise ValueError("box_f1 needs decode=: a function from the model output to per-stream [N, 4] boxes")
+        metric_fns["box_f1"] = box_f1_metric(decode)
+    unknown = [n for n in constraints if n not in METRICS and n not in metric_fns]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; built-in: {sorted(METRICS) + ['box_f1']}")
+    if objective not in ("macs", "time"):
+        raise ValueError("objective is 'macs' or 'time'")
+    frames = list(frames)
+    if len(frames) < 2:
+        raise ValueError("tune needs at least 2 calibration frames (the first fills the caches)")
+    model = model.eval()
+    with torch.inference_mode():
+        dense = [model(x) for x in frames]
+    layer_scales = layer_input_scales(model, frames[0])
+    curve = []
+    for tau in input_thresholds:
+        for s in scales:
+            threshold = {name: s * v for name, v in layer_scales.items() if s * v > 0} or None
+            config = {"input_threshold": float(tau), "threshold": threshold}
+            point = evaluate(model, frames, config, constraints, dense_outputs=dense, metric_fns=metric_fns,
+                             timed=objective == "time")
+            point.scale = s
+            curve.append(point)
+            if progress:
+                progress(point)
+            if not point.ok:
+                break  # larger scales only add error
+    good = [p for p in curve if p.ok]
+    if not good:
+        raise ValueError(
+            f"no configuration meets {constraints} on the calibration clip, not even exact mode with the smallest "
+            "input threshold. Hint: check that the model and frames are right, or relax the target."
+        )
+    key = (lambda p: p.ms) if objective == "time" else (lambda p: p.executed_fraction)
+    best = min(good, key=key)
+    threshold = {name: best.scale * v for name, v in layer_scales.items() if best.scale * v > 0} or None
+    return TuneResult({"input_threshold": best.input_threshold, "threshold": threshold}, best, curve, layer_scales)

@@ -1,0 +1,60 @@
+"""fxsparse.tune and its metrics."""
+
+import pytest
+import torch
+from torch import nn
+
+import fxsparse
+from conftest import moving_object_frames
+from fxsparse.tune import box_f1, max_rel_error, mean_rel_error, miou, top1
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5)).eval()
+
+
+def _noisy_scene(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [x + 0.01 * torch.randn(x.shape, generator=g) for x in moving_object_frames(1, 48, 64, frames=n, seed=seed)]
+
+
+def test_tune_meets_its_target_and_cuts_work():
+    net = _net()
+    frames = _noisy_scene(12)
+    result = fxsparse.tune(net, frames, constraints={"max_rel_error": 0.05}, input_thresholds=(0, 0.03),
+                           scales=(0, 0.1, 0.3, 1.0))
+    assert result.chosen.ok and result.chosen.metrics["max_rel_error"] <= 0.05
+    exact = [p for p in result.curve if p.input_threshold == 0 and p.scale == 0][0]
+    assert result.chosen.executed_fraction < exact.executed_fraction  # thresholds do cut work here
+    check = fxsparse.evaluate(net, frames, result.config, {"max_rel_error": 0.05})
+    assert check.ok and check.executed_fraction == pytest.approx(result.chosen.executed_fraction)
+    assert "chosen" in str(result)
+
+
+def test_tune_rejects_bad_arguments_and_impossible_targets():
+    net, frames = _net(), _noisy_scene(3)
+    with pytest.raises(ValueError, match="constraints"):
+        fxsparse.tune(net, frames)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        fxsparse.tune(net, frames, metric="nope", target=1)
+    with pytest.raises(ValueError, match="decode"):
+        fxsparse.tune(net, frames, metric="box_f1", target=0.9)
+    with pytest.raises(ValueError, match="no configuration"):
+        fxsparse.tune(net, frames, metric="max_rel_error", target=-1.0, input_thresholds=(0,), scales=(0,))
+
+
+def test_metrics():
+    a = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    assert top1(a, a) == 1.0 and top1(a, a.flip(1)) == 0.5
+    assert max_rel_error(a, a) == 0 and mean_rel_error(a * 1.1, a) == pytest.approx(0.1)
+    seg = torch.zeros(1, 2, 4, 4)
+    seg[:, 1, :2] = 1
+    # flipped: all class 0; IoU(class 0) = 8/16, IoU(class 1) = 0
+    assert miou(seg, seg) == 1.0 and miou(seg, seg.flip(1)) == pytest.approx(0.25)
+    boxes = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30.0]])
+    assert box_f1(boxes, boxes) == 1.0
+    assert box_f1(boxes[:1], boxes) == pytest.approx(2 / 3)  # precision 1, recall 1/2
+    assert box_f1(boxes + 100, boxes) == 0.0 and box_f1(boxes[:0], boxes[:0]) == 1.0
