@@ -329,7 +329,8 @@ class Engine:
 
     # -- per frame -------------------------------------------------------------------
 
-    def input_mask(self, x: torch.Tensor, threshold: float, full_streams: torch.Tensor | None) -> torch.Tensor:
+    def input_mask(self, x: torch.Tensor, threshold: float, full_streams: torch.Tensor | None,
+                   policy=None) -> torch.Tensor:
         """Changed pixels: ``max_c |x - reference| > threshold``. Reads state, changes nothing.
 
         Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
@@ -340,6 +341,8 @@ class Engine:
         if not bool(torch.isfinite(diff.max())):
             _raise_non_finite(x)
         mask = (diff > threshold).to(x.dtype)
+        if policy is not None and policy.active:
+            mask = policy.apply(mask)
         if full_streams is not None and len(full_streams):
             mask[full_streams] = 1.0
         return mask
@@ -480,12 +483,13 @@ class SparseModule(nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
-                 dense_switch: float = 0.5, in_channels: int | None = None):
+                 dense_switch: float = 0.5, in_channels: int | None = None, input_policy=None):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)
         self.tile_size = int(tile_size)
         self.dense_switch = float(dense_switch)
+        self.input_policy = input_policy
         self.in_channels = in_channels
         self._engine: Engine | None = None
         self._full_streams: torch.Tensor | None = None
@@ -504,7 +508,7 @@ class SparseModule(nn.Module):
             self.stats = self._engine.dense_stats()
             return self._engine.output()
         engine = self._engine
-        mask = engine.input_mask(x, self.input_threshold, self._full_streams)
+        mask = engine.input_mask(x, self.input_threshold, self._full_streams, self.input_policy)
         self._full_streams = None
         if not mask.any():
             engine.masks = {}

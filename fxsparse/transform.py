@@ -10,6 +10,7 @@ from torch import nn
 
 from . import ops
 from .errors import FxSparseError
+from .input_policy import InputPolicy
 from .normalize import GLOBAL_KEY, get_attr_value, insert_gates, normalize
 from .runtime import SparseModule
 from .trace import trace_model
@@ -56,6 +57,9 @@ def transform(
     *,
     input_threshold: float = 0.0,
     threshold: float | dict[str, float] | None = None,
+    input_open: int = 0,
+    input_min_area: int = 0,
+    input_dilate: int = 0,
     tile_size: int = 8,
     dense_switch: float = 0.5,
     leaf_modules: Iterable[type[nn.Module]] = (),
@@ -72,6 +76,9 @@ def transform(
             reference is updated only there. ``0.0`` (default) is exact: the
             output equals ``model(x)``. Above 0 the output equals the model on
             the reference frame.
+        input_open, input_min_area, input_dilate: clean-up of the input change mask (pixels): opening
+            radius, minimum blob area (8-connected; needs scipy), dilation radius. The reference is
+            updated only where the cleaned mask says (fxsparse.input_policy).
         threshold: layer thresholds (approximate mode): a float for every conv / linear layer, or a
             dict from layer name or glob pattern (``"features.1*"``) to float; the key ``"global"``
             matches every layer that reads a pooled vector (squeeze-excite, ASPP pooling, heads). A gate on the layer's
@@ -141,6 +148,7 @@ def transform(
         tile_size=tile_size,
         dense_switch=dense_switch,
         in_channels=_in_channels(gm),
+        input_policy=InputPolicy(input_open, input_min_area, input_dilate),
     )
     sm.gates = gates
     return sm

@@ -197,6 +197,7 @@ def tune(
     input_thresholds: Sequence[float] = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
     scales: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
     objective: str = "macs",
+    base_config: dict | None = None,
     progress: Callable[[TunePoint], None] | None = None,
 ) -> TuneResult:
     """Choose ``input_threshold`` and layer thresholds that minimise work while the outputs stay close to dense.
@@ -209,6 +210,7 @@ def tune(
         decode: for ``box_f1``: output -> list of [N, 4] boxes per stream.
         input_thresholds, scales: the grid (see module docstring).
         objective: ``"macs"`` (fewest executed MACs; deterministic) or ``"time"`` (lowest median time).
+        base_config: fixed ``transform`` arguments every point uses (e.g. ``{"input_open": 1}``).
 
     Returns:
         TuneResult: ``config`` for ``fxsparse.transform(model, **config)``, the chosen point and the curve.
@@ -238,7 +240,7 @@ def tune(
     for tau in input_thresholds:
         for s in scales:
             threshold = {name: s * v for name, v in layer_scales.items() if s * v > 0} or None
-            config = {"input_threshold": float(tau), "threshold": threshold}
+            config = {**(base_config or {}), "input_threshold": float(tau), "threshold": threshold}
             point = evaluate(model, frames, config, constraints, dense_outputs=dense, metric_fns=metric_fns,
                              timed=objective == "time")
             point.scale = s
@@ -256,4 +258,5 @@ def tune(
     key = (lambda p: p.ms) if objective == "time" else (lambda p: p.executed_fraction)
     best = min(good, key=key)
     threshold = {name: best.scale * v for name, v in layer_scales.items() if best.scale * v > 0} or None
-    return TuneResult({"input_threshold": best.input_threshold, "threshold": threshold}, best, curve, layer_scales)
+    config = {**(base_config or {}), "input_threshold": best.input_threshold, "threshold": threshold}
+    return TuneResult(config, best, curve, layer_scales)

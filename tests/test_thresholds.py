@@ -120,3 +120,23 @@ def test_global_vector_gating_cuts_work_on_moving_objects(name):
             opened = [layer.name for layer in gated.stats.layers if layer.op == "gate" and layer.changed_fraction > 0]
             assert opened == [], f"a global vector was refreshed: {opened}"
     assert sum(gated_work) < GLOBAL_GATING_BOUND[name] * sum(exact_work), (exact_work, gated_work)
+
+
+def test_input_policy_cleans_the_mask_and_output_equals_dense_on_reference():
+    """Opening drops specks, min area drops small blobs, dilation grows regions; the reference follows the
+    cleaned mask, so the output is the dense model on the reference frame."""
+    net = _chain()
+    sm = fxsparse.transform(net, input_threshold=0.05, input_open=1, input_min_area=20, input_dilate=2)
+    x = torch.rand(1, 3, 40, 48)
+    sm(x)
+    ref = x.clone()
+    x2 = x.clone()
+    x2[0, :, 5, 5] += 0.5  # a speck: removed by the opening
+    x2[0, :, 30:33, 30:33] += 0.5  # 9 px blob: survives opening (3x3), removed by min area 20
+    x2[0, :, 10:20, 20:30] += 0.5  # a 100 px object: kept and dilated by 2
+    out = sm(x2)
+    ref[..., 8:22, 18:32] = x2[..., 8:22, 18:32]  # the object grown by 2 px
+    with torch.no_grad():
+        expected = net(ref)
+    assert_close_scaled(out, expected)
+    assert sm.stats.changed_fraction[0] == pytest.approx(14 * 14 / (40 * 48))

@@ -58,3 +58,13 @@ def test_metrics():
     assert box_f1(boxes, boxes) == 1.0
     assert box_f1(boxes[:1], boxes) == pytest.approx(2 / 3)  # precision 1, recall 1/2
     assert box_f1(boxes + 100, boxes) == 0.0 and box_f1(boxes[:0], boxes[:0]) == 1.0
+
+
+def test_base_config_is_kept_in_every_point_and_the_result():
+    net = _net()
+    frames = _noisy_scene(4)
+    result = fxsparse.tune(net, frames, metric="max_rel_error", target=1.0, input_thresholds=(0.02,), scales=(0, 0.1),
+                           base_config={"input_open": 1})
+    assert result.config["input_open"] == 1 and result.config["input_threshold"] == 0.02
+    sm = fxsparse.transform(net, **result.config)
+    assert sm.input_policy.open == 1

