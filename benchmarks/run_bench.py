@@ -31,6 +31,7 @@ def main(argv=None):
     p.add_argument("--fractions", default="0.01,0.05,0.2", help="changed share of pixels per frame")
     p.add_argument("--frames", type=int, default=8, help="frames per scene after the first (medians over these)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--dense-switch", default="0.5", help="a share, or 'auto' (measured per layer)")
     p.add_argument("--out", default=None, help="write rows as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -40,7 +41,8 @@ def main(argv=None):
         model = build(name)
         for frac in (float(f) for f in args.fractions.split(",")):
             frames = synthetic_frames(h, w, frac, args.frames + 1)
-            row = bench_scene(model, name, frames, f"synthetic {frac:.0%}")
+            switch = args.dense_switch if args.dense_switch == "auto" else float(args.dense_switch)
+            row = bench_scene(model, name, frames, f"synthetic {frac:.0%}", dense_switch=switch)
             rows.append(row)
             print(markdown_table([row]).splitlines()[-1], flush=True)
     print()

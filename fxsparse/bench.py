@@ -77,11 +77,11 @@ def best_dense(model: nn.Module, frame: torch.Tensor, repeats: int = 3):
 
 @torch.inference_mode()
 def bench_scene(model: nn.Module, model_name: str, frames: list[torch.Tensor], scene: str, *,
-                dense_name_fn=None, input_threshold: float = 0.0) -> BenchRow:
+                dense_name_fn=None, **transform_kwargs) -> BenchRow:
     """Interleave dense and sparse over ``frames`` (the first fills the caches); return medians."""
     model = model.eval()
     dense_name, dense = dense_name_fn or best_dense(model, frames[0])
-    sm = transform(model, input_threshold=input_threshold)
+    sm = transform(model, **transform_kwargs)
     sm(frames[0])
     dense(frames[0])
     d_times, s_times, cones, execs, fracs = [], [], [], [], []

@@ -119,10 +119,12 @@ class _Capture(fx.Interpreter):
 class Engine:
     """The caches of all streams and the compiled steps; passed to rules as ``ctx``."""
 
-    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int, dense_switch: float):
+    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int, dense_switch: float | str):
         self.gm = gm
         self.tile_size = tile_size
-        self.dense_switch = dense_switch
+        self.auto_switch = dense_switch == "auto"
+        self.dense_switch = 0.5 if self.auto_switch else float(dense_switch)
+        self.switches: dict[fx.Node, float] = {}  # per-node switch, measured when dense_switch="auto"
         self.batch = x.shape[0]
         self.frame_shape = tuple(x.shape[1:])
         self.values: dict[fx.Node, object] = {}
@@ -150,6 +152,10 @@ class Engine:
             self.steps.append(self._compile(node))
         for step in self.steps:
             step.rule.prepare(step, self)
+        if self.auto_switch:
+            for step in self.steps:
+                if step.rule.calibrate is not None:
+                    self.switches[step.node] = step.rule.calibrate(step, self)
 
     # -- building ------------------------------------------------------------------
 
@@ -286,9 +292,13 @@ class Engine:
         if node in self._mask_buffers and self.masks.get(node) is self._mask_buffers[node][0]:
             self._mask_buffers[node] = (self._mask_buffers[node][0], self.box(node))
 
+    def switch(self, node: fx.Node) -> float:
+        """The changed share above which this node runs its dense op (measured, or ``dense_switch``)."""
+        return self.switches.get(node, self.dense_switch)
+
     def dense_streams(self, node: fx.Node, per_stream_total: int) -> torch.Tensor:
-        """Streams whose changed share of this node exceeds ``dense_switch``: they run the dense op."""
-        return (self.stream_counts(node) > self.dense_switch * per_stream_total).nonzero().view(-1)
+        """Streams whose changed share of this node exceeds its switch: they run the dense op."""
+        return (self.stream_counts(node) > self.switch(node) * per_stream_total).nonzero().view(-1)
 
     def add_before_write_hook(self, node: fx.Node, fn) -> None:
         self.hooks.setdefault(node, []).append(fn)
@@ -459,7 +469,8 @@ class Engine:
                     step.name,
                     step.op,
                     step.rule.name,
-                    step.config.get("lowering", "rows" if step.kind == "rows" else "positions"),
+                    step.config.get("lowering", "rows" if step.kind == "rows" else "positions")
+                    + (f", dense above {self.switches[step.node]:.0%}" if step.node in self.switches else ""),
                     step.fallback_reason,
                 )
             )
@@ -483,12 +494,12 @@ class SparseModule(nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
-                 dense_switch: float = 0.5, in_channels: int | None = None, input_policy=None):
+                 dense_switch: float | str = 0.5, in_channels: int | None = None, input_policy=None):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)
         self.tile_size = int(tile_size)
-        self.dense_switch = float(dense_switch)
+        self.dense_switch = dense_switch
         self.input_policy = input_policy
         self.in_channels = in_channels
         self._engine: Engine | None = None

@@ -61,7 +61,7 @@ def transform(
     input_min_area: int = 0,
     input_dilate: int = 0,
     tile_size: int = 8,
-    dense_switch: float = 0.5,
+    dense_switch: float | str = 0.5,
     leaf_modules: Iterable[type[nn.Module]] = (),
     autowrap_functions: Iterable[Callable] = (),
 ) -> SparseModule:
@@ -87,7 +87,9 @@ def transform(
         tile_size: output tile edge of the tiled conv lowering.
         dense_switch: a layer whose changed share of a stream's output exceeds
             this runs the dense op for that stream instead of gathering tiles
-            (above 1.0: never, which tests use to exercise the sparse path).
+            (above 1.0: never, which tests use to exercise the sparse path). ``"auto"``: measure, per
+            conv / pool layer at the first frame, where its sparse lowering stops beating the dense op
+            on this machine (the first frame then takes a few dense passes longer).
         leaf_modules: module types not to trace into (they run dense).
         autowrap_functions: free functions recorded as single calls.
 
@@ -112,8 +114,8 @@ def transform(
         )
     if input_threshold < 0:
         raise ValueError(f"input_threshold must be >= 0, got {input_threshold}. Hint: 0.0 means exact.")
-    if dense_switch < 0:
-        raise ValueError(f"dense_switch must be >= 0, got {dense_switch}.")
+    if dense_switch != "auto" and (not isinstance(dense_switch, (int, float)) or dense_switch < 0):
+        raise ValueError(f"dense_switch must be a number >= 0 or 'auto', got {dense_switch!r}.")
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}.")
     was_training = model.training

@@ -41,6 +41,8 @@ class ChangeRule:
             to precompute geometry (tiles, taps, constants) into ``step.config``.
         applies: ``(step) -> reason or None``; a reason sends the node to the dense fallback.
         macs_per_position: ``(step) -> MACs`` per output position (per stream for row values).
+        calibrate: optional ``(step, ctx) -> share``: time the lowering against the dense op on this
+            machine and return the changed share above which the dense op is faster (``dense_switch="auto"``).
         exact: the sparse result equals the dense op's (up to float reassociation).
     """
 
@@ -50,6 +52,7 @@ class ChangeRule:
     prepare: Callable = lambda step, ctx: None
     applies: Callable = _always
     macs_per_position: Callable = lambda step: 0
+    calibrate: Callable | None = None
     exact: bool = True
 
 

@@ -23,6 +23,9 @@ the gather (Note [Padding by fill]): no padded copies are made.
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -111,9 +114,41 @@ def prepare_window(step, ctx):
         cfg["divisor"] = _avg_divisor(step, inp.shape[2:], (ho, wo)).view(-1)
 
 
-def _split_dense(ctx, counts: torch.Tensor, per_stream_total: int):
-    """Streams whose changed share exceeds ``ctx.dense_switch`` (they run the dense op instead)."""
-    return (counts > ctx.dense_switch * per_stream_total).nonzero().view(-1)
+def _split_dense(ctx, node, counts: torch.Tensor, per_stream_total: int):
+    """Streams whose changed share exceeds the node's switch (they run the dense op instead)."""
+    return (counts > ctx.switch(node) * per_stream_total).nonzero().view(-1)
+
+
+def calibrate_window(step, ctx, probe: float = 0.1, repeats: int = 3) -> float:
+    """Changed share at which this layer's sparse lowering costs as much as its dense op, measured here.
+
+    Times the lowering on a probe of ``probe`` of one stream's positions and the dense op on one stream
+    (medians of ``repeats``); assumes the sparse cost grows linearly with the number of positions.
+    """
+    if step.config.get("lowering") == "tiles":
+        return ctx.dense_switch
+    out = ctx.cache(step.node)
+    b, _, ho, wo = out.shape
+    total = ho * wo
+    pos = torch.arange(min(total, max(16, int(probe * total))))
+
+    def sparse():
+        out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos))  # rewrites the values it already holds
+
+    streams = None if b == 1 else torch.tensor([0])
+
+    def median_time(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    t_sparse = median_time(sparse)
+    t_dense = median_time(lambda: ctx.run_dense(step, streams))
+    return float(min(1.0, max(0.0, t_dense / (t_sparse / len(pos) * total))))
 
 
 def run_dense_streams(step, ctx, streams):
@@ -132,7 +167,7 @@ def execute_window(step, ctx, mask):
     mpp = step.macs_per_position
     if cfg["lowering"] == "tiles":
         return _execute_tiles(step, ctx, mask)
-    dense = _split_dense(ctx, ctx.stream_counts(step.node), ho * wo)
+    dense = _split_dense(ctx, step.node, ctx.stream_counts(step.node), ho * wo)
     executed = 0
     if len(dense):
         run_dense_streams(step, ctx, dense)
@@ -191,7 +226,7 @@ def _execute_tiles(step, ctx, mask):
     th, tw = cfg["tile"]
     tb, oy, ox = T.active_tiles(mask, th, tw)
     n_tiles = -(-ho // th) * -(-wo // tw)
-    dense = _split_dense(ctx, torch.bincount(tb, minlength=b), n_tiles)
+    dense = _split_dense(ctx, step.node, torch.bincount(tb, minlength=b), n_tiles)
     executed = 0
     if len(dense):
         run_dense_streams(step, ctx, dense)
@@ -225,12 +260,16 @@ register_change_rule(
     ops.conv2d,
     rule=ChangeRule(
         "conv2d", propagate_window, execute_window, prepare_window, window_applies,
-        macs_per_position=_conv_macs_per_position,
+        macs_per_position=_conv_macs_per_position, calibrate=calibrate_window,
     ),
 )
 register_change_rule(
-    ops.max_pool2d, rule=ChangeRule("max_pool2d", propagate_window, execute_window, prepare_window, window_applies)
+    ops.max_pool2d,
+    rule=ChangeRule("max_pool2d", propagate_window, execute_window, prepare_window, window_applies,
+                    calibrate=calibrate_window),
 )
 register_change_rule(
-    ops.avg_pool2d, rule=ChangeRule("avg_pool2d", propagate_window, execute_window, prepare_window, window_applies)
+    ops.avg_pool2d,
+    rule=ChangeRule("avg_pool2d", propagate_window, execute_window, prepare_window, window_applies,
+                    calibrate=calibrate_window),
 )
