@@ -115,3 +115,20 @@ def test_coverage_lists_every_node_and_fallback_reasons():
         expected = net(x2)
     out = sm(x2)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_auto_dense_switch_is_exact_and_reported():
+    net = _chain()
+    sm = fxsparse.transform(net, dense_switch="auto")
+    x = torch.rand(2, 2, 17, 21)
+    for i in range(4):
+        if i:
+            x = x.clone()
+            x[i % 2, :, 3 * i : 3 * i + 4, 5:9] = torch.rand(2, 4, 4)
+        with torch.no_grad():
+            expected = net(x)
+        assert torch.allclose(sm(x), expected, atol=1e-5)
+    report = str(sm.coverage())
+    assert "dense above" in report
+    with pytest.raises(ValueError, match="auto"):
+        fxsparse.transform(net, dense_switch="sometimes")
