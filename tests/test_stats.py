@@ -118,7 +118,7 @@ def test_coverage_lists_every_node_and_fallback_reasons():
 
 
 def test_auto_dense_switch_is_exact_and_reported():
-    net = _chain()
+    net = _chain_net()
     sm = fxsparse.transform(net, dense_switch="auto")
     x = torch.rand(2, 2, 17, 21)
     for i in range(4):
