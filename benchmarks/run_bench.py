@@ -12,7 +12,7 @@ import platform
 
 import torch
 
-from fxsparse.bench import bench_scene, markdown_table, synthetic_frames  # noqa: E402
+from fxsparse.bench import bench_scene, dense_engines, engines_table, markdown_table, synthetic_frames  # noqa: E402
 
 
 def build(name: str):
@@ -32,6 +32,7 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=8, help="frames per scene after the first (medians over these)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--dense-switch", default="0.5", help="a share, or 'auto' (measured per layer)")
+    p.add_argument("--engines", action="store_true", help="also time ONNX Runtime and OpenVINO (the bench extra)")
     p.add_argument("--out", default=None, help="write rows as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -39,15 +40,19 @@ def main(argv=None):
     rows = []
     for name in args.models.split(","):
         model = build(name)
+        engines = dense_engines(model, torch.rand(1, 3, h, w)) if args.engines else {}
         for frac in (float(f) for f in args.fractions.split(",")):
             frames = synthetic_frames(h, w, frac, args.frames + 1)
             switch = args.dense_switch if args.dense_switch == "auto" else float(args.dense_switch)
-            row = bench_scene(model, name, frames, f"synthetic {frac:.0%}", dense_switch=switch)
+            row = bench_scene(model, name, frames, f"synthetic {frac:.0%}", dense_switch=switch, engines=engines)
             rows.append(row)
             print(markdown_table([row]).splitlines()[-1], flush=True)
     print()
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
     print(markdown_table(rows))
+    if args.engines:
+        print()
+        print(engines_table(rows))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"torch": torch.__version__, "threads": args.threads, "rows": [r.as_dict() for r in rows]}, f,

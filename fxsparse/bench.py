@@ -37,6 +37,8 @@ class BenchRow:
     full_frame_rel: float  # fully changed frame time / dense time on the same frames (medians of 6)
     cache_mib: float
     frames: int
+    engines_ms: dict | None = None  # median ms of other dense engines (ONNX Runtime, OpenVINO), same run
+    speedup_vs_fastest_engine: float | None = None  # fastest of torch eager and engines_ms / sparse
 
     def as_dict(self):
         return asdict(self)
@@ -58,6 +60,47 @@ def dense_candidates(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+def dense_engines(model: nn.Module, frame: torch.Tensor) -> dict:
+    """Other dense CPU engines for ``model``, as {name: callable(frame)}: ONNX Runtime and OpenVINO when
+    installed (``pip install 'fxsparse[bench]'``), each on torch's thread count. The model goes through the
+    ONNX file of torch's (legacy, TorchScript-based) exporter."""
+    import os
+    import tempfile
+    import warnings
+
+    engines = {}
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        onnxruntime = None
+    try:
+        import openvino
+    except ImportError:
+        openvino = None
+    if onnxruntime is None and openvino is None:
+        return engines
+    path = os.path.join(tempfile.mkdtemp(prefix="fxsparse-bench-"), "model.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (frame,), path, dynamo=False, opset_version=17, input_names=["x"])
+    threads = torch.get_num_threads()
+    if onnxruntime is not None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # no busy-waiting threads after a run: they would steal the cores from the interleaved torch runs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        engines["ONNX Runtime"] = lambda x, s=session: s.run(None, {"x": x.numpy()})
+    if openvino is not None:
+        core = openvino.Core()
+        compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        engines["OpenVINO"] = lambda x, c=compiled: c([x.numpy()])
+    return engines
+
+
 def best_dense(model: nn.Module, frame: torch.Tensor, repeats: int = 3):
     """(name, callable) of the fastest dense setup on ``frame`` (median of ``repeats`` after a warm-up)."""
     best = None
@@ -77,16 +120,22 @@ def best_dense(model: nn.Module, frame: torch.Tensor, repeats: int = 3):
 
 @torch.inference_mode()
 def bench_scene(model: nn.Module, model_name: str, frames: list[torch.Tensor], scene: str, *,
-                dense_name_fn=None, **transform_kwargs) -> BenchRow:
-    """Interleave dense and sparse over ``frames`` (the first fills the caches); return medians."""
+                dense_name_fn=None, engines: dict | None = None, **transform_kwargs) -> BenchRow:
+    """Interleave dense, other engines and sparse over ``frames`` (the first fills the caches); return medians."""
     model = model.eval()
     dense_name, dense = dense_name_fn or best_dense(model, frames[0])
+    engines = engines or {}
     sm = transform(model, **transform_kwargs)
     sm(frames[0])
     dense(frames[0])
+    for run in engines.values():
+        run(frames[0])
     d_times, s_times, cones, execs, fracs = [], [], [], [], []
+    e_times = {name: [] for name in engines}
     for x in frames[1:]:
         d_times.append(_timed(dense, x)[0])
+        for name, run in engines.items():
+            e_times[name].append(_timed(run, x)[0])
         s_times.append(_timed(sm, x)[0])
         st = sm.stats
         cones.append(st.macs_dense / max(st.macs_cone, 1))
@@ -106,6 +155,8 @@ def bench_scene(model: nn.Module, model_name: str, frames: list[torch.Tensor], s
         full.append(_timed(sm, x)[0])
     cone = statistics.median(cones)
     speedup = dense_ms / sparse_ms
+    engines_ms = {name: statistics.median(t) * 1e3 for name, t in e_times.items()} or None
+    fastest = min([dense_ms] + list((engines_ms or {}).values()))
     return BenchRow(
         model=model_name,
         size=f"{frames[0].shape[2]}x{frames[0].shape[3]}",
@@ -122,11 +173,26 @@ def bench_scene(model: nn.Module, model_name: str, frames: list[torch.Tensor], s
         full_frame_rel=statistics.median(full) / statistics.median(dense_f),
         cache_mib=sm.stats.cache_bytes / 2**20,
         frames=len(frames) - 1,
+        engines_ms=engines_ms,
+        speedup_vs_fastest_engine=fastest / sparse_ms if engines_ms else None,
     )
 
 
 def synthetic_frames(height: int, width: int, fraction: float, frames: int, streams: int = 1) -> list[torch.Tensor]:
     return list(moving_objects(height, width, changed_fraction=fraction, frames=frames, streams=streams))
+
+
+def engines_table(rows: list[BenchRow]) -> str:
+    """Sparse against every dense engine of the same run (median ms)."""
+    names = sorted({n for r in rows for n in (r.engines_ms or {})})
+    lines = ["| model | size | scene | torch eager (best) | " + " | ".join(names) + " | fxsparse | vs fastest dense |",
+             "|---" * (len(names) + 6) + "|"]
+    for r in rows:
+        cells = [f"{(r.engines_ms or {}).get(n, float('nan')):.1f}" for n in names]
+        vs = f"{r.speedup_vs_fastest_engine:.2f}x" if r.speedup_vs_fastest_engine else "-"
+        lines.append(f"| {r.model} | {r.size} | {r.scene} | {r.dense_ms:.1f} | " + " | ".join(cells)
+                     + f" | {r.sparse_ms:.1f} | {vs} |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[BenchRow]) -> str:
