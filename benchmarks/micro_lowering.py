@@ -7,24 +7,16 @@ Six square blobs cover the changed share of the conv's output; times are medians
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
 from fxsparse.kernels import tiles as T
 from fxsparse.kernels.rows import RowCache
+from fxsparse.timing import median_seconds
 
 
 def _median_ms(fn, n=9):
-    fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, n) * 1e3
 
 
 def blob_mask(h, w, share, blobs=6, seed=0):

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .outputs import max_rel_error
 from .scenes import moving_objects
 from .transform import transform
 
@@ -24,25 +25,6 @@ class FrameRow:
     cone_speedup: float
     executed_speedup: float
     max_rel_error: float
-
-
-def _flat(y):
-    if isinstance(y, torch.Tensor):
-        return [y]
-    if isinstance(y, dict):
-        return [t for v in y.values() for t in _flat(v)]
-    if isinstance(y, (tuple, list)):
-        return [t for v in y for t in _flat(v)]
-    return []
-
-
-def max_rel_error(actual, expected) -> float:
-    """max |actual - expected| / max |expected| over all output tensors."""
-    worst = 0.0
-    for a, e in zip(_flat(actual), _flat(expected)):
-        scale = float(e.abs().max()) or 1.0
-        worst = max(worst, float((a - e).abs().max()) / scale)
-    return worst
 
 
 @torch.inference_mode()

@@ -6,31 +6,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .outputs import first_tensor
+
 _PALETTE = (np.random.default_rng(7).integers(40, 255, (256, 3))).astype(np.uint8)
 
 
 def first_map(output):
-    """The first ``[B, K, h, w]`` tensor in a model output (tensor, dict, tuple or list), else None."""
-    if isinstance(output, torch.Tensor):
-        return output if output.dim() == 4 else None
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else []
-    for v in values:
-        m = first_map(v)
-        if m is not None:
-            return m
-    return None
+    """The first ``[B, K, h, w]`` tensor in a model output, else None."""
+    return first_tensor(output, lambda t: t.dim() == 4)
 
 
 def first_logits(output):
     """The first ``[B, K]`` tensor in a model output, else None."""
-    if isinstance(output, torch.Tensor):
-        return output if output.dim() == 2 else None
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else []
-    for v in values:
-        m = first_logits(v)
-        if m is not None:
-            return m
-    return None
+    return first_tensor(output, lambda t: t.dim() == 2)
 
 
 def render(frame: torch.Tensor, output, stream: int = 0) -> np.ndarray:

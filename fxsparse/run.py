@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .demo import max_rel_error
 from .energy import EnergyMeter
+from .outputs import max_rel_error
 from .overlay import first_logits, first_map, render
 from .patch import PatchRunner
 from .transform import transform

@@ -20,28 +20,14 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ops
+from .outputs import flat_tensors, max_rel_error
 from .transform import transform
 
 # -- metrics: (sparse output, dense output) -> value, and whether higher is better ------------------
 
 
-def _tensors(y):
-    if isinstance(y, torch.Tensor):
-        return [y]
-    if isinstance(y, dict):
-        return [t for v in y.values() for t in _tensors(v)]
-    if isinstance(y, (tuple, list)):
-        return [t for v in y for t in _tensors(v)]
-    return []
-
-
 def _main(y):
-    return _tensors(y)[0]
-
-
-def max_rel_error(a, b) -> float:
-    """max |a - b| / max |b| over all outputs."""
-    return max(float((x - y).abs().max()) / (float(y.abs().max()) or 1.0) for x, y in zip(_tensors(a), _tensors(b)))
+    return flat_tensors(y)[0]
 
 
 def mean_rel_error(a, b) -> float:

@@ -23,14 +23,12 @@ the gather (Note [Padding by fill]): no padded copies are made.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
 from .. import ops
 from ..kernels import tiles as T
+from ..timing import median_seconds
 from . import ChangeRule, register_change_rule
 from .masks import mask_shape, window_footprint
 
@@ -136,18 +134,8 @@ def calibrate_window(step, ctx, probe: float = 0.1, repeats: int = 3) -> float:
         out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos))  # rewrites the values it already holds
 
     streams = None if b == 1 else torch.tensor([0])
-
-    def median_time(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    t_sparse = median_time(sparse)
-    t_dense = median_time(lambda: ctx.run_dense(step, streams))
+    t_sparse = median_seconds(sparse, repeats)
+    t_dense = median_seconds(lambda: ctx.run_dense(step, streams), repeats)
     return float(min(1.0, max(0.0, t_dense / (t_sparse / len(pos) * total))))
 
 
