@@ -359,18 +359,20 @@ def _functionalize_inplace(graph: fx.Graph, old: fx.Node, new: fx.Node) -> None:
             user.replace_input_with(old.args[0], new)
 
 
-def _single_user(node: fx.Node) -> bool:
-    return len(node.users) == 1
+def _bare_conv_input(node: fx.Node) -> fx.Node | None:
+    """The conv feeding ``node``, if it has no fused activation and no other user (so it can absorb ``node``)."""
+    conv = node.args[0]
+    if isinstance(conv, fx.Node) and conv.target is ops.conv2d and conv.args[7] is None and len(conv.users) == 1:
+        return conv
+    return None
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
     """Fold ``affine`` (eval BatchNorm) into the conv before it, when the conv has no other user."""
     graph = gm.graph
     for node in list(graph.nodes):
-        if node.target is not ops.affine:
-            continue
-        conv = node.args[0]
-        if not (isinstance(conv, fx.Node) and conv.target is ops.conv2d and conv.args[7] is None and _single_user(conv)):
+        conv = _bare_conv_input(node) if node.target is ops.affine else None
+        if conv is None:
             continue
         scale = get_attr_value(gm, node.args[1])
         shift = get_attr_value(gm, node.args[2])
@@ -400,10 +402,8 @@ def fuse_activation(gm: fx.GraphModule) -> fx.GraphModule:
     """Fuse an activation into the conv that feeds only it."""
     graph = gm.graph
     for node in list(graph.nodes):
-        if node.target is not ops.activation:
-            continue
-        conv = node.args[0]
-        if isinstance(conv, fx.Node) and conv.target is ops.conv2d and conv.args[7] is None and _single_user(conv):
+        conv = _bare_conv_input(node) if node.target is ops.activation else None
+        if conv is not None:
             args = list(conv.args)
             args[7] = node.args[1]
             conv.args = tuple(args)
