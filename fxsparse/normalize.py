@@ -8,8 +8,9 @@
    Unknown calls are left untouched: they become dense fallbacks later.
 2. ``fold_batchnorm``: ``affine`` (an eval BatchNorm) right after a conv is
    folded into the conv's weight and bias.
-3. ``fuse_activation``: an activation whose only producer is a conv (with no
-   other user) is fused into it, so a tile runs conv+bias+activation in one go.
+3. ``fuse_residual``: ``conv(x) + r`` becomes the conv with ``residual=r``.
+4. ``fuse_activation``: an activation whose only producer is a conv (with no
+   other user) is fused into it, so one gather runs conv+bias(+residual)+activation.
 
 The result is an ordinary ``GraphModule``: running it densely gives the
 original model's output, which the tests check.
@@ -398,6 +399,32 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def fuse_residual(gm: fx.GraphModule) -> fx.GraphModule:
+    """Fuse ``conv(x) + r`` into the conv (a residual block's last conv): ``conv2d(..., residual=r)``.
+
+    The add then costs no gather / scatter of its own and needs no cache; an activation after it is
+    fused too (``fuse_activation`` runs next). Only a bare conv (no activation, no other user) is fused.
+    """
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.target is not operator.add or len(node.args) != 2:
+            continue
+        a, b = node.args
+        for conv, other in ((a, b), (b, a)):
+            if (isinstance(conv, fx.Node) and isinstance(other, fx.Node) and other is not conv
+                    and conv.target is ops.conv2d and conv.args[7] is None and len(conv.args) < 9
+                    and len(conv.users) == 1):
+                node.prepend(conv)  # the residual may be computed after the conv: run the conv just before the add
+                conv.args = tuple(conv.args[:8]) + (other,)
+                conv.meta["fxsparse_residual"] = node.meta.get("fxsparse_name", node.name)
+                node.replace_all_uses_with(conv)
+                graph.erase_node(node)
+                break
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
 def fuse_activation(gm: fx.GraphModule) -> fx.GraphModule:
     """Fuse an activation into the conv that feeds only it."""
     graph = gm.graph
@@ -423,7 +450,7 @@ def _drop_unused_buffers(gm: fx.GraphModule) -> None:
 
 def normalize(gm: fx.GraphModule) -> fx.GraphModule:
     """Run all passes; ``gm`` is changed in place and returned."""
-    for p in (canonicalize, fold_batchnorm, fuse_activation):
+    for p in (canonicalize, fold_batchnorm, fuse_residual, fuse_activation):
         gm = p(gm)
     return gm
 

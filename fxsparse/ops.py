@@ -71,13 +71,15 @@ def activation(x: torch.Tensor, spec: tuple) -> torch.Tensor:
 # -- window ops (their output position depends on a k x k input window) --------
 
 
-def conv2d(x, weight, bias, stride, padding, dilation, groups, act=None):
-    """Conv with explicit (top, bottom, left, right) zero padding and a fused activation."""
+def conv2d(x, weight, bias, stride, padding, dilation, groups, act=None, residual=None):
+    """Conv with explicit (top, bottom, left, right) zero padding, then ``+ residual``, then the activation."""
     top, bottom, left, right = padding
     if top == bottom and left == right:
         y = F.conv2d(x, weight, bias, stride, (top, left), dilation, groups)
     else:
         y = F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, stride, 0, dilation, groups)
+    if residual is not None:
+        y = y.add_(residual) if residual.shape == y.shape else y + residual
     return apply_activation_(y, act)  # y is fresh: activate in place
 
 

@@ -99,7 +99,11 @@ class Step:
         if t is ops.conv2d:
             k = self.consts[1].shape[2:]
             act = self.node.args[7]
-            name = f"conv2d+{act[0]}" if act is not None else f"conv2d {k[0]}x{k[1]}"
+            name = f"conv2d {k[0]}x{k[1]}"
+            if len(self.node.args) > 8:
+                name += "+add"
+            if act is not None:
+                name += f"+{act[0]}"
         return name
 
 

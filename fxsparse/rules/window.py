@@ -30,7 +30,7 @@ from .. import ops
 from ..kernels import tiles as T
 from ..timing import median_seconds
 from . import ChangeRule, register_change_rule
-from .masks import mask_shape, window_footprint
+from .masks import box_union, mask_shape, window_footprint
 
 
 def _geometry(step):
@@ -53,8 +53,29 @@ def propagate_window(step, ctx):
     box = ctx.box(x)
     if box is not None:
         box = window_footprint(ctx.mask(x), box, out, k, s, (top, left), d, full=ctx.fully_changed(x))
+    res = _residual(step)
+    if res is not None:  # conv(x) + residual: the residual's changes show up where they are
+        res_box = ctx.box(res)
+        if res_box is not None:
+            y0, y1, x0, x1 = res_box
+            region = out[:, :, y0:y1, x0:x1]
+            torch.maximum(region, ctx.mask(res)[:, :, y0:y1, x0:x1], out=region)
+            box = box_union([box, res_box])
     ctx.set_box(step.node, box)
     return out
+
+
+def _residual(step):
+    """The residual input of a fused ``conv(x) + residual`` (normalize.fuse_residual), else None."""
+    args = step.node.args
+    return args[8] if step.node.target is ops.conv2d and len(args) > 8 else None
+
+
+def _epilogue(step, ctx, rows, residual_rows):
+    """Add the residual (rows gathered at the same positions) and apply the fused activation, in place."""
+    if residual_rows is not None:
+        rows = rows.add_(residual_rows)
+    return ops.apply_activation_(rows, step.node.args[7]) if step.node.target is ops.conv2d else rows
 
 
 def _avg_divisor(step, in_hw, out_hw) -> torch.Tensor:
@@ -100,8 +121,8 @@ def prepare_window(step, ctx):
             cfg["lowering"] = "taps"
             cfg["tap_weights"] = weight.flatten(1).t().contiguous()  # [K, C]
             return
-        bias, act = step.consts[2], step.node.args[7]
-        cfg["kernel"] = lambda win: ops.apply_activation_(F.conv2d(win, weight, bias, s, 0, d, groups), act)
+        bias = step.consts[2]
+        cfg["kernel"] = lambda win: F.conv2d(win, weight, bias, s, 0, d, groups)  # epilogue in _execute_tiles
         cfg["lowering"] = "tiles"
         cfg["tile"] = (min(ctx.tile_size, ho), min(ctx.tile_size, wo))
         cfg["window"] = tuple((t - 1) * st + dd * (kk - 1) + 1 for t, st, dd, kk in zip(cfg["tile"], s, d, k))
@@ -183,7 +204,7 @@ def _window_rows(step, ctx, pos):
     if target is ops.conv2d and cfg["lowering"] == "gemm":
         cols = T.gather(inp.buf, src, outside, 0.0).view(len(pos), -1)  # [N, K*C_in]
         rows = F.linear(cols, cfg["weight2d"], step.consts[2])
-        return ops.apply_activation_(rows, step.node.args[7])
+        return _epilogue(step, ctx, rows, _residual_rows(step, ctx, pos))
 
     def tap(k):
         rows = inp.buf.index_select(0, src[:, k])
@@ -198,7 +219,7 @@ def _window_rows(step, ctx, pos):
             acc.addcmul_(tap(k), w[k])
         if bias is not None:
             acc += bias
-        return ops.apply_activation_(acc, step.node.args[7])
+        return _epilogue(step, ctx, acc, _residual_rows(step, ctx, pos))
     acc = tap(0)
     for k in range(1, src.shape[1]):
         acc = torch.maximum(acc, tap(k)) if target is ops.max_pool2d else acc.add_(tap(k))
@@ -226,14 +247,31 @@ def _execute_tiles(step, ctx, mask):
             tb, oy, ox, stride=cfg["stride"], pad_top_left=cfg["pad_tl"], window=cfg["window"], in_hw=inp.shape[2:]
         )
         result = cfg["kernel"](T.gather_windows(inp.buf, src, outside, cfg["fill"]))
-        T.scatter_tiles(out.buf, T.tile_rows(tb, oy, ox, cfg["tile"], (ho, wo)), result)
+        dst = T.tile_rows(tb, oy, ox, cfg["tile"], (ho, wo))
+        if step.node.target is ops.conv2d:
+            res = _residual(step)
+            res_tiles = None
+            if res is not None:
+                res_tiles = T.gather_windows(ctx.cache(res).buf, dst, None, 0.0)
+            result = _epilogue(step, ctx, result, res_tiles)
+        T.scatter_tiles(out.buf, dst, result)
         executed += len(tb) * th * tw * step.macs_per_position
     return executed
+
+
+def _residual_rows(step, ctx, pos):
+    res = _residual(step)
+    return None if res is None else ctx.cache(res).buf.index_select(0, pos)
 
 
 def window_applies(step):
     if step.kind != "spatial" or step.input_kind(0) != "spatial":
         return "input or output is not a [B, C, H, W] activation"
+    res = _residual(step)
+    if res is not None:
+        i = step.tensor_inputs.index(res)
+        if step.input_kind(i) != "spatial" or tuple(step.input_shape(i)) != tuple(step.shape):
+            return "the fused residual is not a [B, C, H, W] activation of the conv's output shape"
     if step.node.target is ops.conv2d and any(step.consts[i] is None for i in (1,)):
         return "conv weight is not a constant (computed at run time)"
     return None
