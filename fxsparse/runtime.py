@@ -507,6 +507,7 @@ class SparseModule(nn.Module):
         self.input_policy = input_policy
         self.in_channels = in_channels
         self._engine: Engine | None = None
+        self._frozen_output = None  # private NCHW copy of the output while frames stay unchanged
         self._full_streams: torch.Tensor | None = None
         self.stats: FrameStats | None = None
         dtypes = {p.dtype for p in graph_module.buffers()} | {p.dtype for p in graph_module.parameters()}
@@ -528,8 +529,15 @@ class SparseModule(nn.Module):
         if not mask.any():
             engine.masks = {}
             self.stats = engine.unchanged_stats()
-        else:
-            self.stats = engine.step_frame(x, mask, self.input_threshold)
+            # Unchanged frames return copies of one private NCHW output: a plain memcpy instead of the
+            # channels-last -> NCHW conversion (measured: 25.7 of 30.8 ms for LR-ASPP at 576x768).
+            if self._frozen_output is None:
+                self._frozen_output = engine.output()
+            return fx.node.map_aggregate(
+                self._frozen_output, lambda v: v.clone() if isinstance(v, torch.Tensor) else v
+            )
+        self._frozen_output = None
+        self.stats = engine.step_frame(x, mask, self.input_threshold)
         return engine.output()
 
     def reset(self, streams=None) -> None:
@@ -539,6 +547,7 @@ class SparseModule(nn.Module):
         full reset runs the dense model). Resetting everything also allows a
         new batch size or frame size.
         """
+        self._frozen_output = None
         if streams is None or self._engine is None:
             self._engine = None
             self._full_streams = None

@@ -146,3 +146,21 @@ def test_caller_reusing_its_frame_buffer_does_not_corrupt_state(changed):
         with torch.no_grad():
             expected = net(buffer.clone())
         assert_close_scaled(sm(buffer), expected)
+
+
+def test_unchanged_frames_return_fresh_copies_that_callers_may_modify():
+    net = nn.Sequential(nn.Conv2d(3, 3, 1)).eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(1, 3, 8, 8)
+    first = sm(x)
+    kept = first.clone()
+    a = sm(x)  # unchanged
+    a.add_(100.0)  # the caller mutates what it got
+    b = sm(x)  # unchanged again
+    assert b.data_ptr() != a.data_ptr() and b.is_contiguous()
+    assert torch.equal(b, kept) and torch.equal(first, kept)
+    x2 = x.clone()
+    x2[..., 0, 0] = 5.0  # a change ends the frozen output
+    with torch.no_grad():
+        assert torch.allclose(sm(x2), net(x2), atol=1e-6)
+    assert torch.allclose(sm(x2), net(x2), atol=1e-6)  # and a new one starts from the new state
