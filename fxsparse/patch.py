@@ -176,8 +176,13 @@ class PatchRunner(nn.Module):
 
     # -- the per-frame work --------------------------------------------------------------
 
-    @torch.inference_mode()
     def forward(self, x: torch.Tensor):
+        with torch.inference_mode():
+            self._step(x)
+        with torch.no_grad():  # ordinary tensors, not inference tensors: callers may modify them
+            return self._result()
+
+    def _step(self, x: torch.Tensor) -> None:
         t0 = time.perf_counter()
         self._check(x)
         b, _, h, w = x.shape
@@ -192,7 +197,7 @@ class PatchRunner(nn.Module):
             self.stats = PatchStats([1.0] * b, 0, b * h * w, b * h * w, list(range(b)), [[full] for _ in range(b)])
             self._frame = 1
             self.stats.seconds = time.perf_counter() - t0
-            return self._result()
+            return
         refresh = self.refresh_every is not None and self._frame % self.refresh_every == 0
         changed = (x - self._ref).abs().amax(1) > self.threshold  # [B, H, W]
         stats = PatchStats(changed.flatten(1).float().mean(1).tolist(), 0, 0, b * h * w, [], [])
@@ -233,7 +238,6 @@ class PatchRunner(nn.Module):
         self._frame += 1
         stats.seconds = time.perf_counter() - t0
         self.stats = stats
-        return self._result()
 
     def _regions(self, changed: torch.Tensor, h: int, w: int) -> list[tuple[Box, Box]]:
         """(inner box, crop box) pairs covering the changed pixels of one stream."""

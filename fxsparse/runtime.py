@@ -454,14 +454,18 @@ class Engine:
                 total += v.numel() * v.element_size()
         return total
 
-    def output(self):
-        """The model's output from the caches (copied, so later frames never change it)."""
+    def output_views(self, contiguous: bool = False):
+        """The model's output structure as views of the caches (NCHW-contiguous copies if ``contiguous``).
+
+        Views are channels-last for spatial values; the caller copies them (``SparseModule.forward``
+        clones, which also turns them into NCHW-contiguous tensors like the dense model's).
+        """
 
         def one(n):
             v = self.values[n]
             if isinstance(v, RowCache):
-                return v.view().contiguous()
-            return v.clone() if isinstance(v, torch.Tensor) else v
+                return v.view().contiguous() if contiguous else v.view()
+            return v.clone() if contiguous and isinstance(v, torch.Tensor) else v
 
         return fx.node.map_arg(self.output_node.args[0], one)
 
@@ -515,30 +519,39 @@ class SparseModule(nn.Module):
 
     # -- public API ------------------------------------------------------------------
 
-    @torch.inference_mode()
     def forward(self, x: torch.Tensor):
+        with torch.inference_mode():
+            result = self._step(x)
+        # Copies made outside inference mode are ordinary tensors: callers may modify them in place
+        # or use them with autograd, as they can the dense model's output.
+        with torch.no_grad():
+            return fx.node.map_aggregate(
+                result, lambda v: v.clone(memory_format=torch.contiguous_format) if isinstance(v, torch.Tensor) else v
+            )
+
+    def _step(self, x: torch.Tensor):
+        """Process one frame; return the output structure *without* copying (views of the caches, or the
+        private frozen output): ``forward`` makes the caller's copies."""
         self._check_frame(x)
         if self._engine is None:
             self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch)
             self._full_streams = None
             self.stats = self._engine.dense_stats()
-            return self._engine.output()
+            return self._engine.output_views()
         engine = self._engine
         mask = engine.input_mask(x, self.input_threshold, self._full_streams, self.input_policy)
         self._full_streams = None
         if not mask.any():
             engine.masks = {}
             self.stats = engine.unchanged_stats()
-            # Unchanged frames return copies of one private NCHW output: a plain memcpy instead of the
+            # Unchanged frames copy one private NCHW output: a plain memcpy instead of the
             # channels-last -> NCHW conversion (measured: 25.7 of 30.8 ms for LR-ASPP at 576x768).
             if self._frozen_output is None:
-                self._frozen_output = engine.output()
-            return fx.node.map_aggregate(
-                self._frozen_output, lambda v: v.clone() if isinstance(v, torch.Tensor) else v
-            )
+                self._frozen_output = engine.output_views(contiguous=True)
+            return self._frozen_output
         self._frozen_output = None
         self.stats = engine.step_frame(x, mask, self.input_threshold)
-        return engine.output()
+        return engine.output_views()
 
     def reset(self, streams=None) -> None:
         """Forget the state of all streams, or of the given batch indices.

@@ -164,3 +164,12 @@ def test_unchanged_frames_return_fresh_copies_that_callers_may_modify():
     with torch.no_grad():
         assert torch.allclose(sm(x2), net(x2), atol=1e-6)
     assert torch.allclose(sm(x2), net(x2), atol=1e-6)  # and a new one starts from the new state
+
+
+def test_outputs_are_ordinary_nchw_tensors():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(2, 3, 8, 8)
+    for frame in (x, x, x + 0.1):  # dense, unchanged, changed
+        out = sm(frame)
+        assert not out.is_inference() and out.is_contiguous() and not out.requires_grad

@@ -187,3 +187,12 @@ def test_components_and_merging():
     crop = lambda b: (max(0, b[0] - 2), b[1] + 2, max(0, b[2] - 2), b[3] + 2)
     merged = merge_boxes([(0, 4, 0, 4), (5, 8, 5, 8), (40, 44, 40, 44)], crop)
     assert len(merged) == 2  # the first two overlap once widened; the third stays apart
+
+
+def test_outputs_are_ordinary_tensors():
+    runner = fxsparse.PatchRunner(FullRes().eval())
+    x = torch.rand(1, 3, 32, 32)
+    runner(x)
+    out = runner(x)["out"]
+    assert not out.is_inference()
+    out.add_(1.0)  # allowed outside inference mode
