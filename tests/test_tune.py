@@ -68,3 +68,19 @@ def test_base_config_is_kept_in_every_point_and_the_result():
     assert result.config["input_open"] == 1 and result.config["input_threshold"] == 0.02
     sm = fxsparse.transform(net, **result.config)
     assert sm.input_policy.open == 1
+
+
+def test_custom_metrics_mean_and_worst():
+    net = _net()
+    frames = _noisy_scene(5)
+
+    def same_top(a, b):
+        return float((a.argmax(1) == b.argmax(1)).float().mean())
+
+    result = fxsparse.tune(
+        net, frames, constraints={"top_mean": 0.5, "top_worst": 0.0},
+        metrics={"top_mean": (same_top, True, "mean"), "top_worst": (same_top, True, "worst")},
+        input_thresholds=(0,), scales=(0, 0.1),
+    )
+    assert set(result.chosen.metrics) == {"top_mean", "top_worst"}
+    assert result.chosen.metrics["top_worst"] <= result.chosen.metrics["top_mean"]
