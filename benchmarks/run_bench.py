@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 
 import torch
@@ -33,6 +34,10 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--dense-switch", default="0.5", help="a share, or 'auto' (measured per layer)")
     p.add_argument("--engines", action="store_true", help="also time ONNX Runtime and OpenVINO (the bench extra)")
+    p.add_argument("--scene", choices=["synthetic", "cdnet"], default="synthetic",
+                   help="cdnet: ../shared/data/cdnet_highway upscaled to --size (real footage)")
+    p.add_argument("--input-threshold", type=float, default=0.0, help="on the 0-255 scale, e.g. 16")
+    p.add_argument("--clean-up", action="store_true", help="input_open=1, input_min_area=30, input_dilate=2")
     p.add_argument("--out", default=None, help="write rows as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -41,10 +46,21 @@ def main(argv=None):
     for name in args.models.split(","):
         model = build(name)
         engines = dense_engines(model, torch.rand(1, 3, h, w)) if args.engines else {}
+        switch = args.dense_switch if args.dense_switch == "auto" else float(args.dense_switch)
+        policy = {"input_open": 1, "input_min_area": 30, "input_dilate": 2} if args.clean_up else {}
+        kwargs = dict(dense_switch=switch, engines=engines, input_threshold=args.input_threshold / 255, **policy)
+        if args.scene == "cdnet":
+            from fxsparse.video import read_frames
+
+            highway = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cdnet_highway")
+            frames = [f[None] for f in read_frames(highway, size=(h, w), limit=args.frames + 1)]
+            label = f"CDnet highway, tau {args.input_threshold:g}/255" + (", clean-up" if args.clean_up else "")
+            rows.append(bench_scene(model, name, frames, label, **kwargs))
+            print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
+            continue
         for frac in (float(f) for f in args.fractions.split(",")):
             frames = synthetic_frames(h, w, frac, args.frames + 1)
-            switch = args.dense_switch if args.dense_switch == "auto" else float(args.dense_switch)
-            row = bench_scene(model, name, frames, f"synthetic {frac:.0%}", dense_switch=switch, engines=engines)
+            row = bench_scene(model, name, frames, f"synthetic {frac:.0%}", **kwargs)
             rows.append(row)
             print(markdown_table([row]).splitlines()[-1], flush=True)
     print()

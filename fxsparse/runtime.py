@@ -355,7 +355,7 @@ class Engine:
         if not bool(torch.isfinite(diff.max())):
             _raise_non_finite(x)
         mask = (diff > threshold).to(x.dtype)
-        if policy is not None and policy.active:
+        if policy is not None and policy.active and bool(mask.any()):  # cleaning an empty mask gives an empty mask
             mask = policy.apply(mask)
         if full_streams is not None and len(full_streams):
             mask[full_streams] = 1.0

@@ -140,3 +140,18 @@ def test_input_policy_cleans_the_mask_and_output_equals_dense_on_reference():
         expected = net(ref)
     assert_close_scaled(out, expected)
     assert sm.stats.changed_fraction[0] == pytest.approx(14 * 14 / (40 * 48))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 51), (2, 1, 7, 5), (1, 1, 3, 3), (3, 1, 1, 9)])
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_max_filter_equals_max_pool(shape, radius):
+    """The clean-up's fast max filter equals PyTorch's max_pool2d with -inf padding (dilation and erosion)."""
+    import torch.nn.functional as F
+
+    from fxsparse.input_policy import _max_filter
+
+    k = 2 * radius + 1
+    ref = lambda m: F.max_pool2d(F.max_pool2d(m, (k, 1), 1, (radius, 0)), (1, k), 1, (0, radius))
+    m = (torch.rand(shape, generator=torch.Generator().manual_seed(radius)) > 0.8).float()
+    assert torch.equal(_max_filter(m, radius), ref(m))
+    assert torch.equal(-_max_filter(-m, radius), -ref(-m))
