@@ -14,23 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-def _max_filter(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """(2r+1) x (2r+1) maximum (dilation of a 0/1 mask; positions outside the image are ignored).
-
-    Shifted elementwise maxima, 2r per axis: at 576x768 about 10x faster than ``F.max_pool2d``, whose CPU
-    kernel on a single plane took 14 ms for a 3x3 filter.
-    """
-    out = mask
-    for dim in (2, 3):
-        acc = out.clone()
-        n = out.shape[dim]
-        for d in range(1, min(radius, n - 1) + 1):
-            head, tail = acc.narrow(dim, d, n - d), acc.narrow(dim, 0, n - d)
-            torch.maximum(head, out.narrow(dim, 0, n - d), out=head)
-            torch.maximum(tail, out.narrow(dim, d, n - d), out=tail)
-        out = acc
-    return out
+from .kernels.morphology import max_filter
 
 
 @dataclass(frozen=True)
@@ -58,11 +42,11 @@ class InputPolicy:
     def apply(self, mask: torch.Tensor) -> torch.Tensor:
         """Clean a 0/1 ``[B, 1, H, W]`` mask (float) and return the new mask."""
         if self.open:
-            mask = _max_filter(-_max_filter(-mask, self.open), self.open)  # erode, then dilate
+            mask = max_filter(-max_filter(-mask, self.open), self.open)  # erode, then dilate
         if self.min_area:
             mask = self._drop_small(mask)
         if self.dilate:
-            mask = _max_filter(mask, self.dilate)
+            mask = max_filter(mask, self.dilate)
         return mask
 
     def _drop_small(self, mask: torch.Tensor) -> torch.Tensor:

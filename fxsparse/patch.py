@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import FxSparseError, InputError, InputTypeError
+from .kernels.morphology import max_filter
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in input pixels, end exclusive
 
@@ -244,9 +245,8 @@ class PatchRunner(nn.Module):
         if not bool(changed.any()):
             return []
         m = changed[None, None].float()
-        if self.dilate:  # separable: two 1-D max pools cost 2k instead of k^2 per pixel
-            k = 2 * self.dilate + 1
-            m = F.max_pool2d(F.max_pool2d(m, (k, 1), 1, (self.dilate, 0)), (1, k), 1, (0, self.dilate))
+        if self.dilate:
+            m = max_filter(m, self.dilate)
         a = self._align
         cells = F.max_pool2d(m, a, a, ceil_mode=True)[0, 0].numpy() > 0
         counts = F.avg_pool2d(changed[None, None].float(), a, a, ceil_mode=True)[0, 0].numpy() * a * a

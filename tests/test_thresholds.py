@@ -148,7 +148,7 @@ def test_max_filter_equals_max_pool(shape, radius):
     """The clean-up's fast max filter equals PyTorch's max_pool2d with -inf padding (dilation and erosion)."""
     import torch.nn.functional as F
 
-    from fxsparse.input_policy import _max_filter
+    from fxsparse.kernels.morphology import max_filter as _max_filter
 
     k = 2 * radius + 1
     ref = lambda m: F.max_pool2d(F.max_pool2d(m, (k, 1), 1, (radius, 0)), (1, k), 1, (0, radius))
