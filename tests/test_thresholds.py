@@ -155,3 +155,18 @@ def test_max_filter_equals_max_pool(shape, radius):
     m = (torch.rand(shape, generator=torch.Generator().manual_seed(radius)) > 0.8).float()
     assert torch.equal(_max_filter(m, radius), ref(m))
     assert torch.equal(-_max_filter(-m, radius), -ref(-m))
+
+
+@pytest.mark.parametrize("kernel,stride,dilation", [((3, 3), (1, 1), (1, 1)), ((3, 2), (2, 1), (1, 1)),
+                                                    ((5, 3), (2, 3), (2, 1)), ((1, 1), (2, 2), (1, 1)),
+                                                    ((2, 4), (3, 1), (1, 2))])
+def test_window_max_equals_max_pool(kernel, stride, dilation):
+    """Mask footprints use strided slices instead of max_pool2d: the results must be identical."""
+    import torch.nn.functional as F
+
+    from fxsparse.kernels.morphology import window_max
+
+    g = torch.Generator().manual_seed(sum(kernel))
+    for shape in [(1, 1, 23, 31), (2, 1, 9, 12), (1, 1, 11, 11)]:
+        m = (torch.rand(shape, generator=g) > 0.85).float()
+        assert torch.equal(window_max(m, kernel, stride, dilation), F.max_pool2d(m, kernel, stride, 0, dilation))

@@ -21,3 +21,22 @@ def max_filter(mask: torch.Tensor, radius: int) -> torch.Tensor:
             torch.maximum(tail, out.narrow(dim, d, n - d), out=tail)
         out = acc
     return out
+
+
+def window_max(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
+    """``F.max_pool2d(x, kernel, stride, 0, dilation)`` by strided slices, separably (rows, then columns).
+
+    For 0/1 masks (already padded as needed) this equals the pooling and avoids PyTorch's single-plane CPU
+    pooling kernel, which dominated mask propagation on full-frame changes.
+    """
+    for dim, k, s, d in ((2, kernel[0], stride[0], dilation[0]), (3, kernel[1], stride[1], dilation[1])):
+        n = x.shape[dim]
+        n_out = (n - d * (k - 1) - 1) // s + 1
+        acc = None
+        for a in range(k):
+            tap = x.narrow(dim, a * d, (n_out - 1) * s + 1)
+            if s > 1:
+                tap = tap[:, :, ::s, :] if dim == 2 else tap[:, :, :, ::s]
+            acc = tap.clone() if acc is None else torch.maximum(acc, tap, out=acc)
+        x = acc
+    return x

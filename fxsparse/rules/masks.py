@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels.morphology import window_max
+
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (end exclusive)
 
 
@@ -79,7 +81,7 @@ def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation
     ix0, ix1 = ox0 * sw - pl, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1
     crop = mask[:, :, max(iy0, 0) : min(iy1, h), max(ix0, 0) : min(ix1, w)]
     crop = F.pad(crop, (max(-ix0, 0), max(ix1 - w, 0), max(-iy0, 0), max(iy1 - h, 0)))
-    out[:, :, oy0:oy1, ox0:ox1] = F.max_pool2d(crop, (kh, kw), (sh, sw), 0, (dh, dw))
+    out[:, :, oy0:oy1, ox0:ox1] = window_max(crop, (kh, kw), (sh, sw), (dh, dw))
     return oy0, oy1, ox0, ox1
 
 
