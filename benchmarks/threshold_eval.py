@@ -108,6 +108,25 @@ def part_a(frames_native, limit):
     return rows
 
 
+def held_back_run(model, config, held, on_frame):
+    """Dense (best torch setup) and ``transform(model, **config)`` interleaved over ``held`` (frame 0 fills the
+    caches); ``on_frame(sparse_out, dense_out, sm)`` per later frame. Returns (dense name, dense ms, sparse ms)."""
+    dense_name, dense = best_dense(model, held[0])
+    sm = fxsparse.transform(model, **config)
+    sm(held[0])
+    dense(held[0])
+    d_ms, s_ms = [], []
+    for x in held[1:]:
+        t = time.perf_counter()
+        want = dense(x)
+        d_ms.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        got = sm(x)
+        s_ms.append((time.perf_counter() - t) * 1e3)
+        on_frame(got, want, sm)
+    return dense_name, statistics.median(d_ms), statistics.median(s_ms)
+
+
 def global_gates(sm):
     """Names of gates that hold a pooled vector (squeeze-excite, head)."""
     engine = sm._engine
@@ -127,31 +146,23 @@ def part_b(clip_name, frames, calibration, model, base_config):
                            input_thresholds=(0, 4 / 255, 8 / 255, 16 / 255, 24 / 255),
                            scales=(0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8))
     tune_s = time.time() - t0
-    dense_name, dense = best_dense(model, held[0])
-    sm = fxsparse.transform(model, **result.config)
-    sm(held[0])
-    dense(held[0])
-    d_ms, s_ms, agree, err, work = [], [], [], [], []
-    refresh = {}
-    names = global_gates(sm)
-    for x in held[1:]:
-        t = time.perf_counter()
-        want = dense(x)
-        d_ms.append((time.perf_counter() - t) * 1e3)
-        t = time.perf_counter()
-        got = sm(x)
-        s_ms.append((time.perf_counter() - t) * 1e3)
+    agree, err, work, refresh = [], [], [], {}
+
+    def on_frame(got, want, sm):
         agree.append(top1(got, want))
         err.append(mean_rel_error(got, want))
         work.append(sm.stats.macs_executed / sm.stats.macs_dense)
+        names = global_gates(sm)
         for layer in sm.stats.layers:
             if layer.name in names:
                 refresh[layer.name] = refresh.get(layer.name, 0) + (layer.changed_fraction > 0)
+
+    dense_name, dense_ms, sparse_ms = held_back_run(model, result.config, held, on_frame)
     row = {
         "clip": clip_name, "policy": base_config, "calibration_frames": len(cal), "held_back_frames": len(held) - 1,
         "chosen_input_threshold": round(result.chosen.input_threshold * 255), "chosen_scale": result.chosen.scale,
-        "tune_seconds": tune_s, "dense_baseline": dense_name, "dense_ms": statistics.median(d_ms),
-        "sparse_ms": statistics.median(s_ms), "speedup": statistics.median(d_ms) / statistics.median(s_ms),
+        "tune_seconds": tune_s, "dense_baseline": dense_name, "dense_ms": dense_ms,
+        "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
         "top1_agreement": statistics.mean(agree), "mean_rel_logit_error": statistics.mean(err),
         "max_rel_logit_error": max(err), "executed_fraction": statistics.mean(work),
         "global_vector_refresh": {k: f"{v}/{len(held) - 1}" for k, v in refresh.items()},
@@ -191,25 +202,18 @@ def part_c(frames, calibration):
                                base_config=policy, input_thresholds=(0, 4 / 255, 8 / 255, 16 / 255, 24 / 255),
                                scales=(0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
         held = frames[calibration:]
-        dense_name, dense = best_dense(model, held[0])
-        sm = fxsparse.transform(model, **result.config)
-        sm(held[0])
-        d_ms, s_ms, ious, work = [], [], [], []
-        for x in held[1:]:
-            t = time.perf_counter()
-            want = dense(x)
-            d_ms.append((time.perf_counter() - t) * 1e3)
-            t = time.perf_counter()
-            got = sm(x)
-            s_ms.append((time.perf_counter() - t) * 1e3)
+        ious, work = [], []
+
+        def on_frame(got, want, sm):
             ious.append(face_iou(got, want))
             work.append(sm.stats.macs_executed / sm.stats.macs_dense)
+
+        dense_name, dense_ms, sparse_ms = held_back_run(model, result.config, held, on_frame)
         row = {"clip": "carphone 176x144 PNet", "policy": policy,
                "chosen_input_threshold": round(result.chosen.input_threshold * 255), "chosen_scale": result.chosen.scale,
                "held_back_frames": len(held) - 1, "face_iou_mean": statistics.mean(ious), "face_iou_min": min(ious),
                "executed_fraction": statistics.mean(work), "dense_baseline": dense_name,
-               "dense_ms": statistics.median(d_ms), "sparse_ms": statistics.median(s_ms),
-               "speedup": statistics.median(d_ms) / statistics.median(s_ms),
+               "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
                "curve": [{"input_threshold": round(p.input_threshold * 255), "scale": p.scale,
                           "executed": p.executed_fraction, **p.metrics, "ok": p.ok} for p in result.curve]}
         rows.append(row)
