@@ -38,6 +38,8 @@ def main(argv=None):
                    help="cdnet: ../shared/data/cdnet_highway upscaled to --size (real footage)")
     p.add_argument("--input-threshold", type=float, default=0.0, help="on the 0-255 scale, e.g. 16")
     p.add_argument("--clean-up", action="store_true", help="input_open=1, input_min_area=30, input_dilate=2")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype of fxsparse and of the torch eager baseline (transform(dtype=...))")
     p.add_argument("--out", default=None, help="write rows as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -49,6 +51,8 @@ def main(argv=None):
         switch = args.dense_switch if args.dense_switch == "auto" else float(args.dense_switch)
         policy = {"input_open": 1, "input_min_area": 30, "input_dilate": 2} if args.clean_up else {}
         kwargs = dict(dense_switch=switch, engines=engines, input_threshold=args.input_threshold / 255, **policy)
+        if args.dtype != "float32":
+            kwargs["dtype"] = getattr(torch, args.dtype)
         if args.scene == "cdnet":
             from fxsparse.video import read_frames
 

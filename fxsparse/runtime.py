@@ -502,7 +502,8 @@ class SparseModule(nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
-                 dense_switch: float | str = 0.5, in_channels: int | None = None, input_policy=None):
+                 dense_switch: float | str = 0.5, in_channels: int | None = None, input_policy=None,
+                 frame_dtype: torch.dtype | None = None):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)
@@ -516,6 +517,9 @@ class SparseModule(nn.Module):
         self.stats: FrameStats | None = None
         dtypes = {p.dtype for p in graph_module.buffers()} | {p.dtype for p in graph_module.parameters()}
         self._dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        # frames of this dtype are accepted too: converted to the compute dtype, outputs converted back
+        # (transform(dtype=torch.bfloat16) computes in bfloat16 for float32 callers)
+        self._frame_dtype = frame_dtype or self._dtype
 
     # -- public API ------------------------------------------------------------------
 
@@ -523,16 +527,26 @@ class SparseModule(nn.Module):
         with torch.inference_mode():
             result = self._step(x)
         # Copies made outside inference mode are ordinary tensors: callers may modify them in place
-        # or use them with autograd, as they can the dense model's output.
+        # or use them with autograd, as they can the dense model's output. Floating outputs come back in
+        # the frame's dtype (they differ when transform(dtype=...) set a compute dtype).
+        out_dtype = x.dtype
+
+        def copy(v):
+            if not isinstance(v, torch.Tensor):
+                return v
+            if v.is_floating_point() and v.dtype != out_dtype:
+                return v.to(dtype=out_dtype, memory_format=torch.contiguous_format)
+            return v.clone(memory_format=torch.contiguous_format)
+
         with torch.no_grad():
-            return fx.node.map_aggregate(
-                result, lambda v: v.clone(memory_format=torch.contiguous_format) if isinstance(v, torch.Tensor) else v
-            )
+            return fx.node.map_aggregate(result, copy)
 
     def _step(self, x: torch.Tensor):
         """Process one frame; return the output structure *without* copying (views of the caches, or the
         private frozen output): ``forward`` makes the caller's copies."""
         self._check_frame(x)
+        if x.dtype != self._dtype:
+            x = x.to(self._dtype)
         if self._engine is None:
             self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch)
             self._full_streams = None
@@ -636,8 +650,10 @@ class SparseModule(nn.Module):
                 f"expected a floating-point frame, got dtype {x.dtype}. "
                 f"Hint: convert with x.to({self._dtype}) (and scale pixels as the model expects, e.g. / 255)."
             )
-        if x.dtype != self._dtype:
-            raise InputTypeError(f"frame dtype {x.dtype} differs from the model's {self._dtype}. Hint: x.to({self._dtype}).")
+        if x.dtype not in (self._dtype, self._frame_dtype):
+            raise InputTypeError(
+                f"frame dtype {x.dtype} differs from the model's {self._frame_dtype}. Hint: x.to({self._frame_dtype})."
+            )
         if x.dim() != 4:
             raise InputError(
                 f"expected a 4-D batch [B, C, H, W] (one frame per stream), got shape {tuple(x.shape)}. "

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..kernels import tiles as T
+from ..kernels.buckets import bucket, needs_buckets, pad_index
 from ..timing import median_seconds
 from . import ChangeRule, register_change_rule
 from .masks import box_union, mask_shape, window_footprint
@@ -202,8 +203,13 @@ def _window_rows(step, ctx, pos):
     else:
         src, outside = T.neighbour_rows(pos, out.shape[2:], inp.shape[2:], cfg["stride"], cfg["offsets"])
     if target is ops.conv2d and cfg["lowering"] == "gemm":
-        cols = T.gather(inp.buf, src, outside, 0.0).view(len(pos), -1)  # [N, K*C_in]
-        rows = F.linear(cols, cfg["weight2d"], step.consts[2])
+        n = len(pos)
+        if needs_buckets(inp.buf.dtype):  # Note [Shape buckets]
+            size = bucket(n)
+            src = pad_index(src, size)
+            outside = None if outside is None else pad_index(outside, size)
+        cols = T.gather(inp.buf, src, outside, 0.0).view(len(src), -1)  # [N, K*C_in]
+        rows = F.linear(cols, cfg["weight2d"], step.consts[2])[:n]
         return _epilogue(step, ctx, rows, _residual_rows(step, ctx, pos))
 
     def tap(k):

@@ -1,0 +1,87 @@
+"""transform(dtype=torch.bfloat16): compute in bfloat16 for float32 callers, and the shape buckets
+that keep oneDNN from compiling a kernel per frame (fxsparse/kernels/buckets.py)."""
+
+import pytest
+import torch
+from torch import nn
+
+import fxsparse
+from conftest import moving_object_frames
+from fxsparse.kernels.buckets import bucket, needs_buckets, pad_index
+
+BF16_REL = 3e-2  # a few bfloat16 roundings (eps 2^-8) through a small net, relative to max |output|
+
+
+def _rel_err(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.ReLU(),  # depthwise: taps lowering
+        nn.Conv2d(16, 32, 1), nn.ReLU(),  # 1x1: gemm with identity taps
+        nn.Conv2d(32, 8, 3, padding=2, dilation=2),
+    ).eval()
+
+
+def test_bucket_sizes_are_few_and_tight():
+    sizes = [bucket(n) for n in range(1, 5000)]
+    assert all(s >= n for n, s in zip(range(1, 5000), sizes))
+    assert all(s <= max(16, 1.19 * n + 8) for n, s in zip(range(1, 5000), sizes))
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) <= 40  # a handful of shapes per octave, so oneDNN's cache keeps them all
+
+
+def test_pad_index_repeats_a_real_row():
+    idx = torch.tensor([[5, 6], [7, 8], [9, 1]])
+    padded = pad_index(idx, 5)
+    assert padded.tolist() == [[5, 6], [7, 8], [9, 1], [5, 6], [5, 6]]
+    assert pad_index(idx, 2) is idx and pad_index(idx[:0], 4).shape[0] == 0
+
+
+def test_only_jit_compiled_dtypes_are_padded():
+    assert needs_buckets(torch.bfloat16) and not needs_buckets(torch.float32)
+
+
+@pytest.mark.parametrize("dense_switch", [0.5, 2.0])  # 2.0: never dense, every changed row runs a gemm / taps
+def test_bfloat16_stream_tracks_the_float32_model(dense_switch):
+    net = _net()
+    sm = fxsparse.transform(net, dtype=torch.bfloat16, dense_switch=dense_switch)
+    frames = moving_object_frames(2, 40, 48, 6)
+    for i, x in enumerate(frames):
+        y = sm(x)
+        assert y.dtype == torch.float32 and y.is_contiguous()
+        with torch.no_grad():
+            assert _rel_err(y, net(x)) < BF16_REL, f"frame {i}"
+        if i:
+            assert 0 < sm.stats.macs_executed < sm.stats.macs_dense  # the sparse path ran
+    # the streamed result equals a fresh bfloat16 module's dense first frame on the last frame,
+    # up to bfloat16 rounding: a wrong row or a stale cache would be off by O(1)
+    fresh = fxsparse.transform(net, dtype=torch.bfloat16)(frames[-1])
+    assert _rel_err(y, fresh) < BF16_REL
+    again = sm(frames[-1])  # unchanged frame: the frozen output, still float32
+    assert again.dtype == torch.float32 and torch.equal(again, y) and sm.stats.macs_executed == 0
+
+
+def test_bfloat16_caches_and_weights():
+    sm = fxsparse.transform(_net(), dtype=torch.bfloat16)
+    sm(torch.rand(1, 3, 16, 16))
+    caches = [v for v in sm._engine.values.values() if hasattr(v, "buf")]
+    assert caches and all(c.buf.dtype == torch.bfloat16 for c in caches)
+    assert {p.dtype for p in sm.graph_module.buffers()} == {torch.bfloat16}
+
+
+def test_bfloat16_frames_accepted_as_is():
+    sm = fxsparse.transform(_net(), dtype=torch.bfloat16)
+    y = sm(torch.rand(1, 3, 16, 16, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+
+
+def test_dtype_errors():
+    with pytest.raises(ValueError, match="floating-point"):
+        fxsparse.transform(_net(), dtype=torch.int8)
+    sm = fxsparse.transform(_net(), dtype=torch.bfloat16)
+    with pytest.raises(fxsparse.InputTypeError, match="float32"):
+        sm(torch.rand(1, 3, 16, 16, dtype=torch.float64))
