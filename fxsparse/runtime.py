@@ -143,6 +143,7 @@ class Engine:
         self._mask_buffers: dict[fx.Node, tuple[torch.Tensor, Box | None]] = {}
         self.placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
         self.output_node = next(n for n in gm.graph.nodes if n.op == "output")
+        self._unchanged_stats: FrameStats | None = None
         capture = _Capture(gm)
         self.first_output = capture.run(x)
         self.steps: list[Step] = []
@@ -344,8 +345,9 @@ class Engine:
     # -- per frame -------------------------------------------------------------------
 
     def input_mask(self, x: torch.Tensor, threshold: float, full_streams: torch.Tensor | None,
-                   policy=None) -> torch.Tensor:
-        """Changed pixels: ``max_c |x - reference| > threshold``. Reads state, changes nothing.
+                   policy=None) -> torch.Tensor | None:
+        """Changed pixels: ``max_c |x - reference| > threshold`` (None when none changed). Reads state,
+        changes nothing.
 
         Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
         small reduction over the ``[B, 1, H, W]`` difference replaces a full ``isfinite`` pass.
@@ -354,12 +356,16 @@ class Engine:
         diff = torch.sub(x, ref).abs_().amax(1, keepdim=True)
         if not bool(torch.isfinite(diff.max())):
             _raise_non_finite(x)
-        mask = (diff > threshold).to(x.dtype)
-        if policy is not None and policy.active and bool(mask.any()):  # cleaning an empty mask gives an empty mask
+        changed = diff > threshold
+        full = full_streams is not None and len(full_streams) > 0
+        if not full and not bool(changed.any()):
+            return None  # the common case of a static scene: no float mask is made
+        mask = changed.to(x.dtype)
+        if policy is not None and policy.active:
             mask = policy.apply(mask)
-        if full_streams is not None and len(full_streams):
+        if full:
             mask[full_streams] = 1.0
-        return mask
+        return mask if full or bool(mask.any()) else None
 
     def step_frame(self, x: torch.Tensor | None, mask_in: torch.Tensor, threshold: float) -> FrameStats:
         """Propagate ``mask_in`` through every step and recompute what it reaches.
@@ -426,6 +432,12 @@ class Engine:
         return stats
 
     def unchanged_stats(self) -> FrameStats:
+        """Stats of a frame that changed nothing (the same every time: built once)."""
+        if self._unchanged_stats is None:
+            self._unchanged_stats = self._build_unchanged_stats()
+        return self._unchanged_stats
+
+    def _build_unchanged_stats(self) -> FrameStats:
         stats = FrameStats(changed_fraction=[0.0] * self.batch)
         for step in self.steps:
             macs = step.macs_per_position * self._positions_of(step)
@@ -555,7 +567,7 @@ class SparseModule(nn.Module):
         engine = self._engine
         mask = engine.input_mask(x, self.input_threshold, self._full_streams, self.input_policy)
         self._full_streams = None
-        if not mask.any():
+        if mask is None:
             engine.masks = {}
             self.stats = engine.unchanged_stats()
             # Unchanged frames copy one private NCHW output: a plain memcpy instead of the

@@ -45,7 +45,7 @@ def gather(buf: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None, 
     """Rows ``buf[flat]`` shaped ``flat.shape + [C]``; taps marked ``outside`` hold ``fill``."""
     out = buf.index_select(0, flat.reshape(-1)).view(*flat.shape, buf.shape[1])
     if outside is not None:
-        out[outside] = fill
+        out.masked_fill_(outside.unsqueeze(-1), fill)  # broadcast fill: no boolean-index scatter
     return out
 
 

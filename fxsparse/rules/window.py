@@ -212,10 +212,14 @@ def _window_rows(step, ctx, pos):
         rows = F.linear(cols, cfg["weight2d"], step.consts[2])[:n]
         return _epilogue(step, ctx, rows, _residual_rows(step, ctx, pos))
 
+    # which taps reach outside the image for some position: only those pay for the fill (one sync here,
+    # instead of a boolean-index write per tap: those cost ~50 us each, 8 ms per mobilenet_v2 frame)
+    partial = [False] * src.shape[1] if outside is None else outside.any(0).tolist()
+
     def tap(k):
         rows = inp.buf.index_select(0, src[:, k])
-        if outside is not None:
-            rows[outside[:, k]] = cfg["fill"]
+        if partial[k]:
+            rows.masked_fill_(outside[:, k, None], cfg["fill"])
         return rows
 
     if target is ops.conv2d:  # depthwise: multiply-add over the taps
