@@ -19,6 +19,7 @@ Note [Value kinds]: every node's value is one of
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import ops
+from . import chains, ops
 from .errors import InputError, InputTypeError
 from .kernels import tiles as T
 from .kernels.rows import RowCache
@@ -123,7 +124,8 @@ class _Capture(fx.Interpreter):
 class Engine:
     """The caches of all streams and the compiled steps; passed to rules as ``ctx``."""
 
-    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int, dense_switch: float | str):
+    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int, dense_switch: float | str,
+                 fuse_chains: bool = False):
         self.gm = gm
         self.tile_size = tile_size
         self.auto_switch = dense_switch == "auto"
@@ -161,6 +163,22 @@ class Engine:
             for step in self.steps:
                 if step.rule.calibrate is not None:
                     self.switches[step.node] = step.rule.calibrate(step, self)
+        self.chains = chains.find_chains(self.steps, tile_size) if fuse_chains else []
+        for chain in self.chains:
+            self._install_chain(chain)
+
+    def _install_chain(self, chain) -> None:
+        """Run ``chain`` as one unit at its last conv (Note [Conv chains]); free its inner caches."""
+        k = len(chain.steps)
+        for i, step in enumerate(chain.steps):
+            step.config["lowering"] = f"chain {i + 1}/{k}, {chain.tile[0]}x{chain.tile[1]} tiles"
+            if i < k - 1:
+                step.rule = dataclasses.replace(step.rule, execute=lambda step, ctx, mask: 0)
+                self.values[step.node] = None  # never read again: the chain recomputes it inside its tiles
+            else:
+                step.rule = dataclasses.replace(
+                    step.rule, execute=lambda step, ctx, mask, c=chain: chains.execute(c, ctx, mask)
+                )
 
     # -- building ------------------------------------------------------------------
 
@@ -515,12 +533,13 @@ class SparseModule(nn.Module):
 
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
                  dense_switch: float | str = 0.5, in_channels: int | None = None, input_policy=None,
-                 frame_dtype: torch.dtype | None = None):
+                 frame_dtype: torch.dtype | None = None, fuse_chains: bool = False):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)
         self.tile_size = int(tile_size)
         self.dense_switch = dense_switch
+        self.fuse_chains = fuse_chains
         self.input_policy = input_policy
         self.in_channels = in_channels
         self._engine: Engine | None = None
@@ -560,7 +579,7 @@ class SparseModule(nn.Module):
         if x.dtype != self._dtype:
             x = x.to(self._dtype)
         if self._engine is None:
-            self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch)
+            self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch, self.fuse_chains)
             self._full_streams = None
             self.stats = self._engine.dense_stats()
             return self._engine.output_views()
@@ -612,7 +631,7 @@ class SparseModule(nn.Module):
         if example is None:
             example = torch.zeros(1, self.in_channels or 3, 224, 224, dtype=self._dtype)
         with torch.inference_mode():
-            return Engine(self.graph_module, example, self.tile_size, self.dense_switch).coverage()
+            return Engine(self.graph_module, example, self.tile_size, self.dense_switch, self.fuse_chains).coverage()
 
     @torch.inference_mode()
     def estimate(self, mask: torch.Tensor) -> FrameStats:

@@ -64,6 +64,7 @@ def transform(
     tile_size: int = 8,
     dense_switch: float | str = 0.5,
     dtype: torch.dtype | None = None,
+    fuse_chains: bool = False,
     leaf_modules: Iterable[type[nn.Module]] = (),
     autowrap_functions: Iterable[Callable] = (),
 ) -> SparseModule:
@@ -97,6 +98,9 @@ def transform(
             frames and gets float32 outputs. Not exact: results differ from the float32 model by
             bfloat16 rounding, like a dense bfloat16 run (ONNX Runtime / OpenVINO's default on such CPUs);
             measure with fxsparse.evaluate. None (default): the model's own dtype.
+        fuse_chains: run each chain of convs (a block whose inner outputs feed only the next conv, as in
+            bottleneck and inverted-residual blocks) as one unit on gathered tiles, without caching
+            its inner activations (fxsparse/chains.py). Same results; False runs every layer alone.
         leaf_modules: module types not to trace into (they run dense).
         autowrap_functions: free functions recorded as single calls.
 
@@ -165,6 +169,7 @@ def transform(
         in_channels=_in_channels(gm),
         input_policy=InputPolicy(input_open, input_min_area, input_dilate),
         frame_dtype=frame_dtype,
+        fuse_chains=fuse_chains,
     )
     sm.gates = gates
     return sm
