@@ -40,6 +40,7 @@ def main(argv=None):
     p.add_argument("--clean-up", action="store_true", help="input_open=1, input_min_area=30, input_dilate=2")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute dtype of fxsparse and of the torch eager baseline (transform(dtype=...))")
+    p.add_argument("--fuse-chains", action="store_true", help="transform(fuse_chains=True): conv blocks as one unit")
     p.add_argument("--out", default=None, help="write rows as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -51,6 +52,8 @@ def main(argv=None):
         switch = args.dense_switch if args.dense_switch == "auto" else float(args.dense_switch)
         policy = {"input_open": 1, "input_min_area": 30, "input_dilate": 2} if args.clean_up else {}
         kwargs = dict(dense_switch=switch, engines=engines, input_threshold=args.input_threshold / 255, **policy)
+        if args.fuse_chains:
+            kwargs["fuse_chains"] = True
         if args.dtype != "float32":
             kwargs["dtype"] = getattr(torch, args.dtype)
         if args.scene == "cdnet":
