@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -140,12 +141,17 @@ class Engine:
         self._positions: dict[fx.Node, torch.Tensor] = {}
         self._counts: dict[fx.Node, torch.Tensor] = {}
         self._boxes: dict[fx.Node, Box | None] = {}
+        self._same: dict[fx.Node, fx.Node] = {}  # node -> the node whose mask it shares this frame
         self.executing = True  # False while estimate() propagates masks only
         # reusable mask buffers: (tensor, box last written) per node (Note [Mask boxes])
         self._mask_buffers: dict[fx.Node, tuple[torch.Tensor, Box | None]] = {}
         self.placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
         self.output_node = next(n for n in gm.graph.nodes if n.op == "output")
         self._unchanged_stats: FrameStats | None = None
+        # the reference frame twice: as rows (what the first layers gather) and in the caller's layout,
+        # so the per-frame difference reads both operands with the same strides (2x faster than
+        # against the channels-last rows: 0.35 vs 0.70 ms for a 576x768 frame)
+        self._ref_frame = x.clone()
         capture = _Capture(gm)
         self.first_output = capture.run(x)
         self.steps: list[Step] = []
@@ -253,8 +259,15 @@ class Engine:
             return bool(m)
         return bool(m.any())
 
+    def share_mask(self, node: fx.Node, src: fx.Node) -> torch.Tensor:
+        """``node``'s mask is ``src``'s (a 1x1 conv's footprint): its positions, counts and box are
+        ``src``'s too, computed once for both."""
+        self._same[node] = self._same.get(src, src)
+        return self.masks[src]
+
     def positions(self, node: fx.Node) -> torch.Tensor:
         """Flat indices of the node's changed positions this frame (computed once, from its box)."""
+        node = self._same.get(node, node)
         pos = self._positions.get(node)
         if pos is None:
             mask = self.masks[node]
@@ -268,6 +281,7 @@ class Engine:
 
     def stream_counts(self, node: fx.Node) -> torch.Tensor:
         """Number of changed positions of the node per stream this frame (computed once)."""
+        node = self._same.get(node, node)
         counts = self._counts.get(node)
         if counts is None:
             mask = self.masks[node]
@@ -289,6 +303,7 @@ class Engine:
 
     def box(self, node: fx.Node) -> Box | None:
         """Bounding box of the node's changed positions this frame (None: nothing changed)."""
+        node = self._same.get(node, node)
         if node not in self._boxes:
             self._boxes[node] = box_of(self.masks[node])
         return self._boxes[node]
@@ -370,20 +385,21 @@ class Engine:
         Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
         small reduction over the ``[B, 1, H, W]`` difference replaces a full ``isfinite`` pass.
         """
-        ref = self.values[self.placeholder].view()
-        diff = torch.sub(x, ref).abs_().amax(1, keepdim=True)
-        if not bool(torch.isfinite(diff.max())):
+        diff = torch.sub(x, self._ref_frame).abs_().amax(1, keepdim=True)
+        largest = float(diff.max())
+        if not math.isfinite(largest):
             _raise_non_finite(x)
-        changed = diff > threshold
         full = full_streams is not None and len(full_streams) > 0
-        if not full and not bool(changed.any()):
-            return None  # the common case of a static scene: no float mask is made
-        mask = changed.to(x.dtype)
+        if not full and largest <= threshold:
+            return None  # a static scene: decided by the one reduction, no mask is made
+        mask = (diff > threshold).to(x.dtype)
         if policy is not None and policy.active:
             mask = policy.apply(mask)
+            if not full and not bool(mask.any()):
+                return None
         if full:
             mask[full_streams] = 1.0
-        return mask if full or bool(mask.any()) else None
+        return mask
 
     def step_frame(self, x: torch.Tensor | None, mask_in: torch.Tensor, threshold: float) -> FrameStats:
         """Propagate ``mask_in`` through every step and recompute what it reaches.
@@ -395,6 +411,7 @@ class Engine:
         self._positions = {}
         self._counts = {}
         self._boxes = {}
+        self._same = {}
         stats = FrameStats(changed_fraction=mask_in.flatten(1).mean(1).tolist())
         self.executing = x is not None
         if x is not None:
@@ -429,15 +446,20 @@ class Engine:
             hook(self.masks[node])
         ref = self.values[node]
         pos = self.positions(node)
+        mask = self.masks[node]
         if len(pos) > ref.positions // 2:
             # above 0, unchanged pixels keep their reference value (they may differ by up to the threshold);
             # at 0 copy x: adopting the caller's tensor would let them change our reference later
             if threshold > 0:
-                ref.adopt(torch.where(self.masks[node] > 0, x, ref.view()))
+                self._ref_frame = torch.where(mask > 0, x, self._ref_frame)
             else:
-                ref.write_streams(None, x)
+                self._ref_frame.copy_(x)
+            ref.write_streams(None, self._ref_frame)
         elif len(pos):
             ref.buf.index_copy_(0, pos, x.permute(0, 2, 3, 1).reshape(-1, ref.shape[1]).index_select(0, pos))
+            y0, y1, x0, x1 = self.box(node)
+            box = self._ref_frame[:, :, y0:y1, x0:x1]
+            box.copy_(torch.where(mask[:, :, y0:y1, x0:x1] > 0, x[:, :, y0:y1, x0:x1], box))
 
     def dense_stats(self) -> FrameStats:
         """Stats of the first (dense) frame."""
@@ -476,7 +498,7 @@ class Engine:
         stats.cache_bytes = self.cache_bytes()
 
     def cache_bytes(self) -> int:
-        total = 0
+        total = self._ref_frame.numel() * self._ref_frame.element_size()
         for node, v in self.values.items():
             if isinstance(v, RowCache):
                 total += v.nbytes

@@ -49,6 +49,8 @@ def _geometry(step):
 
 def propagate_window(step, ctx):
     x = step.node.args[0]
+    if step.config["identity_taps"] and _residual(step) is None and ctx.kind(x) == "spatial":
+        return ctx.share_mask(step.node, x)  # 1x1, stride 1, no padding: the same positions change
     k, s, (top, _, left, _), d, _ = _geometry(step)
     out = ctx.mask_buffer(step.node, mask_shape(step.shape))
     box = ctx.box(x)
