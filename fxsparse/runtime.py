@@ -440,14 +440,39 @@ class Engine:
         self._finish(stats)
         return stats
 
+    def dense_frame(self, x: torch.Tensor, mask_in: torch.Tensor, threshold: float) -> FrameStats:
+        """Every input pixel of every stream changed: run the graph once, densely, on the new reference
+        frame and refill every cache from it (Note [Dense frames])."""
+        self.masks = {self.placeholder: mask_in}
+        self._positions, self._counts, self._boxes, self._same = {}, {}, {}, {}
+        self._update_reference(x, threshold)
+        capture = _Capture(self.gm)
+        capture.run(self._ref_frame)
+        for node, value in capture.values.items():
+            if node.op in ("placeholder", "output"):
+                continue
+            kind, current = self.kinds[node], self.values[node]
+            if kind == "const" or current is None:
+                continue  # None: inside a conv chain, never cached
+            if kind == "spatial":
+                current.adopt(value)
+            elif kind == "rows":
+                current.copy_(value)
+            else:
+                self.values[node] = value
+        for step in self.steps:
+            if step.rule.refresh is not None:
+                step.rule.refresh(step, self)
+        self.masks = {}
+        return self.dense_stats()
+
     def _update_reference(self, x: torch.Tensor, threshold: float) -> None:
         node = self.placeholder
         for hook in self.hooks.get(node, ()):
             hook(self.masks[node])
         ref = self.values[node]
-        pos = self.positions(node)
         mask = self.masks[node]
-        if len(pos) > ref.positions // 2:
+        if float(self.stream_counts(node).sum()) > ref.positions // 2:  # counts: no index list for a full frame
             # above 0, unchanged pixels keep their reference value (they may differ by up to the threshold);
             # at 0 copy x: adopting the caller's tensor would let them change our reference later
             if threshold > 0:
@@ -455,7 +480,7 @@ class Engine:
             else:
                 self._ref_frame.copy_(x)
             ref.write_streams(None, self._ref_frame)
-        elif len(pos):
+        elif len(pos := self.positions(node)):
             ref.buf.index_copy_(0, pos, x.permute(0, 2, 3, 1).reshape(-1, ref.shape[1]).index_select(0, pos))
             y0, y1, x0, x1 = self.box(node)
             box = self._ref_frame[:, :, y0:y1, x0:x1]
@@ -568,6 +593,11 @@ class SparseModule(nn.Module):
         self._frozen_output = None  # private NCHW copy of the output while frames stay unchanged
         self._full_streams: torch.Tensor | None = None
         self.stats: FrameStats | None = None
+        # Note [Dense frames]: a frame whose every pixel changed (a cut, a light switched on, reset()
+        # of every stream) has the whole graph as its cone; one dense pass that refills the caches
+        # skips every mask and per-layer step (mobilenet_v2 576x768: 1.3-1.5x -> ~1.1x of dense).
+        # Off with layer thresholds: a gate must compare against what it last let through.
+        self.dense_frames = True
         dtypes = {p.dtype for p in graph_module.buffers()} | {p.dtype for p in graph_module.parameters()}
         self._dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
         # frames of this dtype are accepted too: converted to the compute dtype, outputs converted back
@@ -617,7 +647,10 @@ class SparseModule(nn.Module):
                 self._frozen_output = engine.output_views(contiguous=True)
             return self._frozen_output
         self._frozen_output = None
-        self.stats = engine.step_frame(x, mask, self.input_threshold)
+        if self.dense_frames and engine.dense_switch <= 1.0 and bool((mask.flatten(1).amin(1) > 0).all()):
+            self.stats = engine.dense_frame(x, mask, self.input_threshold)
+        else:
+            self.stats = engine.step_frame(x, mask, self.input_threshold)
         return engine.output_views()
 
     def reset(self, streams=None) -> None:

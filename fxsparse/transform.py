@@ -172,4 +172,5 @@ def transform(
         fuse_chains=fuse_chains,
     )
     sm.gates = gates
+    sm.dense_frames = not gates  # Note [Dense frames]
     return sm

@@ -44,6 +44,8 @@ class ChangeRule:
         calibrate: optional ``(step, ctx) -> share``: time the lowering against the dense op on this
             machine and return the changed share above which the dense op is faster (``dense_switch="auto"``).
         exact: the sparse result equals the dense op's (up to float reassociation).
+        refresh: optional ``(step, ctx) -> None``: re-derive state the rule keeps besides the caches
+            (running sums) after the engine refilled every cache with a dense pass.
     """
 
     name: str
@@ -54,6 +56,7 @@ class ChangeRule:
     macs_per_position: Callable = lambda step: 0
     calibrate: Callable | None = None
     exact: bool = True
+    refresh: Callable | None = None
 
 
 def register_change_rule(*targets, rule: ChangeRule, registry: dict | None = None) -> ChangeRule:

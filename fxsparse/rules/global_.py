@@ -31,11 +31,16 @@ def _stream_sums(rows: torch.Tensor, pos: torch.Tensor, hw: int, batch: int) -> 
     return sums.index_add_(0, pos // hw, rows.double())
 
 
+def refresh_mean(step, ctx):
+    """The running sums from the producer's cache as it is now."""
+    step.state["sum"] = ctx.cache(step.node.args[0]).view().double().sum((2, 3))
+    step.state["old"] = None
+
+
 def prepare_mean(step, ctx):
     x = ctx.cache(step.node.args[0])
     b, c, h, w = x.shape
-    step.state["sum"] = x.view().double().sum((2, 3))
-    step.state["old"] = None
+    refresh_mean(step, ctx)
 
     def before_write(mask):
         pos = ctx.positions(step.node.args[0])
@@ -75,5 +80,5 @@ def mean_applies(step):
 
 register_change_rule(
     ops.spatial_mean,
-    rule=ChangeRule("global_mean", propagate_mean, execute_mean, prepare_mean, mean_applies),
+    rule=ChangeRule("global_mean", propagate_mean, execute_mean, prepare_mean, mean_applies, refresh=refresh_mean),
 )

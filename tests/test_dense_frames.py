@@ -1,0 +1,78 @@
+"""Note [Dense frames]: a frame whose every pixel changed runs the graph once and refills every cache."""
+
+import pytest
+import torch
+from torch import nn
+
+import fxsparse
+from conftest import assert_close_scaled, moving_object_frames
+
+
+class SqueezeExcite(nn.Module):
+    """A global mean (running sums that a dense frame must refresh) added back onto the map."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU())
+        self.fc = nn.Conv2d(c, 2, 1)
+        self.head = nn.Conv2d(c, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head(y) + self.fc(y.mean((2, 3), keepdim=True))  # linear in the mean: no saturation
+
+
+def _frames():
+    moving = moving_object_frames(2, 24, 32, 6, seed=1)
+    cut = [torch.rand(2, 3, 24, 32) + 2.0]  # every pixel of both streams differs from the last frame
+    return moving[:3] + cut + [cut[0].clone() for _ in range(1)] + moving[3:]
+
+
+@pytest.mark.parametrize("fuse_chains", [False, True])
+def test_cut_runs_one_dense_pass_and_later_frames_stay_exact(fuse_chains):
+    torch.manual_seed(0)
+    net = SqueezeExcite(6).eval()
+    sm = fxsparse.transform(net, fuse_chains=fuse_chains)
+    kinds = []
+    for x in _frames():
+        with torch.no_grad():
+            expected = net(x)
+        assert_close_scaled(sm(x), expected)
+        kinds.append("dense" if sm.stats.dense else "unchanged" if sm.stats.macs_executed == 0 else "sparse")
+    # first frame, sparse, the cut as one dense pass, the repeated cut unchanged, the cut back (every
+    # pixel again) dense, then sparse: the global mean's running sums were refreshed by the dense
+    # passes, or the sparse frames after them would be off
+    assert kinds == ["dense", "sparse", "sparse", "dense", "unchanged", "dense", "sparse", "sparse"]
+
+
+def test_dense_frame_reports_what_it_ran():
+    sm = fxsparse.transform(SqueezeExcite(4).eval())
+    x = torch.rand(1, 3, 16, 16)
+    sm(x)
+    sm(x + 1.0)
+    st = sm.stats
+    assert st.dense and st.macs_executed == st.macs_cone == st.macs_dense > 0
+    assert sm.change_masks() == {}  # no per-layer masks were propagated
+
+
+def test_with_an_input_threshold_the_dense_pass_sees_the_reference_frame():
+    torch.manual_seed(0)
+    net = SqueezeExcite(4).eval()
+    sm = fxsparse.transform(net, input_threshold=0.5)
+    x = torch.rand(1, 3, 16, 16)
+    sm(x)
+    y = x + 0.6  # every pixel moves past the threshold: the reference becomes y
+    with torch.no_grad():
+        assert_close_scaled(sm(y), net(y))
+    z = y + 0.1  # below the threshold: the output stays the model on y
+    with torch.no_grad():
+        assert_close_scaled(sm(z), net(y))
+
+
+def test_layer_thresholds_keep_the_per_layer_path():
+    """A gate must compare with what it last let through; a dense refill would bypass it."""
+    sm = fxsparse.transform(SqueezeExcite(4).eval(), threshold=0.05)
+    x = torch.rand(1, 3, 16, 16)
+    sm(x)
+    sm(x + 1.0)
+    assert not sm.stats.dense
