@@ -562,6 +562,18 @@ class Engine:
         return CoverageReport(entries)
 
 
+def _mutable(value):
+    """torch.fx's immutable_dict / immutable_list as plain dict / list (callers edit outputs in place,
+    e.g. ``out["out"] = post(out["out"])``, as they can the model's own)."""
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_mutable(v) for v in value)
+    return value
+
+
 def _raise_non_finite(x: torch.Tensor) -> None:
     bad = int((~torch.isfinite(x)).sum())
     raise InputError(
@@ -622,7 +634,7 @@ class SparseModule(nn.Module):
             return v.clone(memory_format=torch.contiguous_format)
 
         with torch.no_grad():
-            return fx.node.map_aggregate(result, copy)
+            return _mutable(fx.node.map_aggregate(result, copy))
 
     def _step(self, x: torch.Tensor):
         """Process one frame; return the output structure *without* copying (views of the caches, or the

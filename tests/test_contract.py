@@ -173,3 +173,29 @@ def test_outputs_are_ordinary_nchw_tensors():
     for frame in (x, x, x + 0.1):  # dense, unchanged, changed
         out = sm(frame)
         assert not out.is_inference() and out.is_contiguous() and not out.requires_grad
+
+
+class _DictHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return {"out": y, "aux": [y.mean((2, 3)), y.amax((2, 3))]}
+
+
+def test_output_containers_are_plain_and_editable_like_the_models():
+    """A caller post-processes outputs in place (out["out"] = ...), as with the dense model's dict."""
+    torch.manual_seed(0)
+    net = _DictHead().eval()
+    sm = fxsparse.transform(net)
+    a, b = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    for x in (a, b, b):  # dense first frame, a sparse frame, an unchanged frame (the frozen output)
+        out = sm(x)
+        assert type(out) is dict and type(out["aux"]) is list
+        out["out"] = out["out"].argmax(1)
+        out["aux"].append(None)
+    assert sm.stats.macs_executed == 0
+    with torch.no_grad():
+        assert_close_scaled(sm(b)["out"], net(b)["out"])  # the edits did not reach the module's state
