@@ -32,6 +32,23 @@ def main(ctx, debug):
     ctx.obj = {"debug": debug}
 
 
+def _precision_options(command):
+    """--dtype and --fuse-chains: transform options a user may want from the command line."""
+    command = click.option("--fuse-chains", is_flag=True,
+                           help="Run conv blocks as one unit; no cache for their inner activations (less memory).")(command)
+    return click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+                        help="Compute dtype; bfloat16 is fast on CPUs with AMX / AVX512-BF16, not exact.")(command)
+
+
+def _transform_options(dtype: str, fuse_chains: bool) -> dict:
+    import torch
+
+    options = {"fuse_chains": True} if fuse_chains else {}
+    if dtype != "float32":
+        options["dtype"] = getattr(torch, dtype)
+    return options
+
+
 @main.command()
 @click.option("--model", "spec", default="torchvision:resnet18", show_default=True,
               help="torchvision:NAME, path/model.py:factory or builtin:tiny.")
@@ -151,9 +168,10 @@ def analyze(ctx, source, spec, weights, thresholds, size, limit, fps, out_dir):
 @click.option("--compare-dense", is_flag=True, help="Also run the dense model: agreement, speedup, savings.")
 @click.option("--fps", default=None, type=float, help="Frame rate (default: the source's, else 25).")
 @click.option("--watts-per-core", default=10.0, show_default=True, help="For the energy estimate without RAPL.")
+@_precision_options
 @click.pass_context
 def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, json_path, compare_dense, fps,
-        watts_per_core):
+        watts_per_core, dtype, fuse_chains):
     """Run a model over SOURCE sparsely; write an overlay video, per-frame JSON and a summary."""
     import json as _json
     import os
@@ -181,7 +199,8 @@ def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, jso
 
         with VideoWriter(out_video, fps=rate) as writer, open(jpath, "w") as jsonl:
             summary = run_frames(frames, model, mode=mode, threshold=threshold, compare_dense=compare_dense,
-                                 writer=writer, jsonl=jsonl, fps=rate, watts_per_core=watts_per_core, on_frame=live)
+                                 writer=writer, jsonl=jsonl, fps=rate, watts_per_core=watts_per_core, on_frame=live,
+                                 transform_options=_transform_options(dtype, fuse_chains))
         bar.close()
         result = summary.as_dict()
         with open(os.path.splitext(out_video)[0] + ".summary.json", "w") as f:
@@ -202,8 +221,9 @@ def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, jso
 @click.option("--fractions", default="0.01,0.05,0.2", show_default=True, help="Changed share per frame.")
 @click.option("--frames", default=8, show_default=True, help="Frames per scene after the first.")
 @click.option("--out", "out_path", default=None, help="Write the rows as JSON here.")
+@_precision_options
 @click.pass_context
-def bench(ctx, spec, weights, size, fractions, frames, out_path):
+def bench(ctx, spec, weights, size, fractions, frames, out_path, dtype, fuse_chains):
     """Sparse vs the fastest dense eager setup on synthetic moving-object scenes (same process)."""
     import json as _json
 
@@ -216,7 +236,8 @@ def bench(ctx, spec, weights, size, fractions, frames, out_path):
         for frac in (float(f) for f in fractions.split(",")):
             if not 0 < frac <= 1:
                 raise click.BadParameter("--fractions must lie in (0, 1]")
-            rows.append(bench_scene(model, spec, synthetic_frames(h, w, frac, frames + 1), f"synthetic {frac:.0%}"))
+            rows.append(bench_scene(model, spec, synthetic_frames(h, w, frac, frames + 1), f"synthetic {frac:.0%}",
+                                    **_transform_options(dtype, fuse_chains)))
             click.echo(markdown_table(rows[-1:]).splitlines()[-1])
         click.echo(markdown_table(rows))
         if out_path:

@@ -19,13 +19,17 @@ from .transform import transform
 MODES = ("exact", "threshold", "patch")
 
 
-def make_runner(model, mode: str, threshold: float):
-    """The sparse runner for ``mode`` (threshold on the 0-255 pixel scale)."""
+def make_runner(model, mode: str, threshold: float, transform_options: dict | None = None):
+    """The sparse runner for ``mode`` (threshold on the 0-255 pixel scale); ``transform_options`` (e.g.
+    ``dtype``, ``fuse_chains``) go to ``transform`` in the exact and threshold modes."""
+    options = transform_options or {}
     if mode == "exact":
-        return transform(model)
+        return transform(model, **options)
     if mode == "threshold":
-        return transform(model, input_threshold=threshold / 255)
+        return transform(model, input_threshold=threshold / 255, **options)
     if mode == "patch":
+        if options:
+            raise ValueError(f"{', '.join(options)} apply to the exact and threshold modes, not to patch mode.")
         return PatchRunner(model, threshold=threshold / 255, min_area=16)
     raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
@@ -74,13 +78,13 @@ class RunSummary:
 @torch.inference_mode()
 def run_frames(frames: Iterable[torch.Tensor], model, *, mode="exact", threshold=8.0, compare_dense=False,
                writer=None, jsonl=None, fps=25.0, watts_per_core=10.0,
-               on_frame: Callable[[dict], None] | None = None) -> RunSummary:
+               on_frame: Callable[[dict], None] | None = None, transform_options: dict | None = None) -> RunSummary:
     """Process ``frames`` one by one; write overlay frames to ``writer`` and one JSON line per frame.
 
     A KeyboardInterrupt stops the loop cleanly: the summary says ``interrupted`` and everything
     written so far is complete (the caller closes ``writer``; each JSON line is flushed as written).
     """
-    runner = make_runner(model.eval(), mode, threshold)
+    runner = make_runner(model.eval(), mode, threshold, transform_options)
     summary = RunSummary(sparse_energy=EnergyMeter(watts_per_core), fps=fps)
     summary.dense_energy = EnergyMeter(watts_per_core) if compare_dense else None
     size = None

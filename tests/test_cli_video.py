@@ -143,6 +143,22 @@ def test_frame_size_change_mid_stream_is_a_clear_error(tmp_path):
     assert _decoded_frames(str(video)) == 2  # the frames before the change are kept, playable
 
 
+def test_run_with_bfloat16_and_chains(clip, tmp_path):
+    video = tmp_path / "o.avi"
+    result = CliRunner().invoke(main, ["run", clip, "--model", "builtin:tiny", "--dtype", "bfloat16", "--fuse-chains",
+                                       "--compare-dense", "--out", str(video)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(records) == _decoded_frames(str(video)) > 0
+    assert 0 < max(r["max_rel_error"] for r in records) < 0.05  # bfloat16 rounding, not exact
+
+
+def test_patch_mode_rejects_transform_options(clip, tmp_path):
+    r = CliRunner().invoke(main, ["run", clip, "--model", "builtin:tiny", "--mode", "patch", "--dtype", "bfloat16",
+                                  "--out", str(tmp_path / "o.avi")])
+    assert r.exit_code == 2 and "patch mode" in r.output and "Traceback" not in r.output
+
+
 def test_bench_command(tmp_path):
     out = tmp_path / "b.json"
     r = CliRunner().invoke(main, ["bench", "--model", "builtin:tiny", "--size", "64x64", "--fractions", "0.05",
