@@ -9,6 +9,8 @@ it implies for mobilenet_v2 at 576x768 (masks only, SparseModule.estimate).
 Part B: fxsparse.tune on the first frames of a clip, then the chosen config on held-back frames:
 top-1 agreement, relative logit error, executed MACs, and speed against the fastest dense torch setup
 measured in the same run; plus how often each global vector (gated pooled vector) was refreshed.
+Part C (--only-pnet): PNet face maps on carphone. Part D (--only-precision): fixed configs, including
+bfloat16 compute, on CDnet highway (python benchmarks/threshold_eval.py --only-precision --frames 41).
 """
 
 from __future__ import annotations
@@ -175,6 +177,44 @@ def part_b(clip_name, frames, calibration, model, base_config):
     return row
 
 
+@torch.inference_mode()
+def part_d(clip_name, frames, model):
+    """Fixed configs (no tuning) including bfloat16 compute, on the same frames: agreement with the float32
+    dense model and speed against the fastest float32 dense torch setup, interleaved."""
+    rows = []
+    configs = {
+        "exact f32": {},
+        "exact bf16": {"dtype": torch.bfloat16},
+        "tau 16 + clean-up, bf16": {"dtype": torch.bfloat16, "input_threshold": 16 / 255, **POLICIES[
+            "open 1 + area 30 + dilate 2"]},
+        "tau 16 + clean-up, f32": {"input_threshold": 16 / 255, **POLICIES["open 1 + area 30 + dilate 2"]},
+    }
+    # the dense model itself in bfloat16, for scale: how much of the error is bfloat16, not sparsity
+    dense_bf16 = best_dense(model, frames[0], dtype=torch.bfloat16)[1]
+    base = best_dense(model, frames[0])[1]
+    errs = [mean_rel_error(dense_bf16(x), base(x)) for x in frames[1:]]
+    print(f"D  {clip_name} dense bf16 torch vs dense f32: logit err {statistics.mean(errs):.4f} (max {max(errs):.4f})")
+    rows.append({"clip": clip_name, "config": "dense bf16 torch (reference)", "mean_rel_logit_error":
+                 statistics.mean(errs), "max_rel_logit_error": max(errs)})
+    for name, config in configs.items():
+        agree, err = [], []
+
+        def on_frame(got, want, sm):
+            agree.append(top1(got, want))
+            err.append(mean_rel_error(got, want))
+
+        dense_name, dense_ms, sparse_ms = held_back_run(model, config, frames, on_frame)
+        row = {"clip": clip_name, "config": name, "frames": len(frames) - 1, "dense_baseline": dense_name,
+               "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
+               "top1_agreement": statistics.mean(agree), "mean_rel_logit_error": statistics.mean(err),
+               "max_rel_logit_error": max(err)}
+        rows.append(row)
+        print(f"D  {clip_name} {name}: top1 {row['top1_agreement']:.3f}, logit err {row['mean_rel_logit_error']:.4f} "
+              f"(max {row['max_rel_logit_error']:.4f}), {sparse_ms:.1f} vs {dense_ms:.1f} ms ({dense_name}): "
+              f"{row['speedup']:.2f}x", flush=True)
+    return rows
+
+
 def face_iou(a, b) -> float:
     """IoU of PNet's face maps (probability > 0.5), streams pooled; 1.0 when both are empty."""
     x, y = a[1][:, 1] > 0.5, b[1][:, 1] > 0.5
@@ -231,6 +271,8 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--only-pnet", action="store_true", help="run part C (PNet on carphone) only")
+    p.add_argument("--only-precision", action="store_true",
+                   help="run part D (fixed configs incl. bfloat16, MobileNetV2 on CDnet highway) only")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     import skvideo
@@ -243,6 +285,13 @@ def main(argv=None):
                 json.dump({"pnet": rows_c}, f, indent=1)
         return
     native = list(read_frames(HIGHWAY, limit=args.frames))
+    if args.only_precision:
+        big = [F.interpolate(f[None], size=(576, 768), mode="bilinear", align_corners=False) for f in native]
+        rows_d = part_d("highway 576x768", big, mobilenet_v2_imagenet())
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"precision": rows_d}, f, indent=1)
+        return
     rows_a = [] if args.skip_a else part_a(native, args.frames)
     model = mobilenet_v2_imagenet()
     big = [F.interpolate(f[None], size=(576, 768), mode="bilinear", align_corners=False) for f in native]

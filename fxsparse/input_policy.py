@@ -55,7 +55,7 @@ class InputPolicy:
         out = mask.clone()
         structure = np.ones((3, 3), dtype=bool)  # 8-connectivity
         for b in range(mask.shape[0]):
-            m = mask[b, 0].numpy() > 0
+            m = (mask[b, 0] > 0).numpy()  # compared in torch: numpy has no bfloat16
             if not m.any():
                 continue
             labels, n = ndimage.label(m, structure=structure)
