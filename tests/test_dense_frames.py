@@ -76,3 +76,23 @@ def test_layer_thresholds_keep_the_per_layer_path():
     sm(x)
     sm(x + 1.0)
     assert not sm.stats.dense
+
+
+def test_an_interrupted_dense_frame_starts_the_streams_over():
+    """The dense pass releases the caches first; if it is interrupted, the next frame must not use them."""
+    torch.manual_seed(0)
+    net = SqueezeExcite(4).eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(1, 3, 16, 16)
+    sm(x)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    sm._engine._all_values_module = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        sm(x + 1.0)
+    y = x + 2.0
+    with torch.no_grad():
+        assert_close_scaled(sm(y), net(y))
+    assert sm.stats.dense
