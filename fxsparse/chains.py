@@ -100,7 +100,7 @@ def find_chains(steps, tile_size: int) -> list[Chain]:
 def _build(run, tile_size: int) -> Chain:
     _, _, ho, wo = run[-1].shape
     # small maps get small tiles: an 8x8 tile (10x10 with its halo) covers a third of a 36x48 map
-    edge = max(2, min(tile_size, min(ho, wo) // 8))
+    edge = min(tile_size, max(2, min(ho, wo) // 8))
     tile = (min(edge, ho), min(edge, wo))
     # walk back from the output tile: each level's window start is affine in the tile origin
     levels = [Level((1, 1), (0, 0), tile, (ho, wo))]
@@ -191,8 +191,4 @@ def execute(chain: Chain, ctx, mask) -> int:
     return run_tiles(chain, ctx, b, oy, ox)
 
 
-def inner_nodes(chains) -> set:
-    return {s.node for c in chains for s in c.steps[:-1]}
-
-
-__all__ = ["Chain", "find_chains", "execute", "inner_nodes"]
+__all__ = ["Chain", "find_chains", "execute"]
