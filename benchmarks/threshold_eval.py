@@ -140,13 +140,13 @@ def global_gates(sm):
 
 
 @torch.inference_mode()
-def part_b(clip_name, frames, calibration, model, base_config):
+def part_b(clip_name, frames, calibration, model, base_config, refine_groups=0):
     cal, held = frames[:calibration], frames[calibration:]
     constraints = {"top1": 0.99, "mean_rel_error": 0.02}
     t0 = time.time()
     result = fxsparse.tune(model, cal, constraints=constraints, base_config=base_config,
                            input_thresholds=(0, 4 / 255, 8 / 255, 16 / 255, 24 / 255),
-                           scales=(0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8))
+                           scales=(0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8), refine_groups=refine_groups)
     tune_s = time.time() - t0
     agree, err, work, refresh = [], [], [], {}
 
@@ -163,12 +163,13 @@ def part_b(clip_name, frames, calibration, model, base_config):
     row = {
         "clip": clip_name, "policy": base_config, "calibration_frames": len(cal), "held_back_frames": len(held) - 1,
         "chosen_input_threshold": round(result.chosen.input_threshold * 255), "chosen_scale": result.chosen.scale,
+        "chosen_group_scales": result.chosen.group_scales, "refine_groups": refine_groups,
         "tune_seconds": tune_s, "dense_baseline": dense_name, "dense_ms": dense_ms,
         "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
         "top1_agreement": statistics.mean(agree), "mean_rel_logit_error": statistics.mean(err),
         "max_rel_logit_error": max(err), "executed_fraction": statistics.mean(work),
         "global_vector_refresh": {k: f"{v}/{len(held) - 1}" for k, v in refresh.items()},
-        "curve": [{"input_threshold": round(p.input_threshold * 255), "scale": p.scale,
+        "curve": [{"input_threshold": round(p.input_threshold * 255), "scale": p.scale, "group_scales": p.group_scales,
                    "executed": p.executed_fraction, **p.metrics, "ok": p.ok} for p in result.curve],
     }
     print(f"B  {clip_name} {base_config}: tau {row['chosen_input_threshold']}/255 scale {row['chosen_scale']} -> "
@@ -271,6 +272,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--only-pnet", action="store_true", help="run part C (PNet on carphone) only")
+    p.add_argument("--refine-groups", type=int, default=0, help="tune(refine_groups=N) in part B")
     p.add_argument("--only-precision", action="store_true",
                    help="run part D (fixed configs incl. bfloat16, MobileNetV2 on CDnet highway) only")
     args = p.parse_args(argv)
@@ -295,10 +297,11 @@ def main(argv=None):
     rows_a = [] if args.skip_a else part_a(native, args.frames)
     model = mobilenet_v2_imagenet()
     big = [F.interpolate(f[None], size=(576, 768), mode="bilinear", align_corners=False) for f in native]
-    rows_b = [part_b("highway 576x768", big, args.calibration, model, cfg)
+    rows_b = [part_b("highway 576x768", big, args.calibration, model, cfg, args.refine_groups)
               for cfg in ({}, POLICIES["open 1 + area 30 + dilate 2"])]
     clip = [f[None] for f in read_frames(carphone, size=(576, 704), limit=min(args.frames, 120))]
-    rows_b.append(part_b("carphone 576x704", clip, args.calibration, model, POLICIES["open 1 + area 30 + dilate 2"]))
+    rows_b.append(part_b("carphone 576x704", clip, args.calibration, model, POLICIES["open 1 + area 30 + dilate 2"],
+                         args.refine_groups))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"change_map": rows_a, "tuned": rows_b}, f, indent=1)

@@ -107,6 +107,7 @@ class TunePoint:
     metrics: dict[str, float]  # worst case (min for higher-is-better, max otherwise) or mean, see tune()
     ok: bool
     ms: float | None = None
+    group_scales: tuple[float, ...] | None = None  # per depth group (refinement points), else None
 
 
 @dataclass
@@ -122,7 +123,8 @@ class TuneResult:
                  "|---" * (len(names) + 4) + "|"]
         for p in self.curve:
             mark = "**chosen**" if p is self.chosen else ("yes" if p.ok else "no")
-            lines.append(f"| {p.input_threshold * 255:.0f}/255 | {p.scale:g} | {p.executed_fraction:.1%} | "
+            scale = f"{p.scale:g}" if p.group_scales is None else "groups " + "/".join(f"{g:g}" for g in p.group_scales)
+            lines.append(f"| {p.input_threshold * 255:.0f}/255 | {scale} | {p.executed_fraction:.1%} | "
                          + " | ".join(f"{p.metrics[n]:.4f}" for n in names) + f" | {mark} |")
         return "\n".join(lines)
 
@@ -187,6 +189,7 @@ def tune(
     base_config: dict | None = None,
     metrics: dict | None = None,
     progress: Callable[[TunePoint], None] | None = None,
+    refine_groups: int = 0,
 ) -> TuneResult:
     """Choose ``input_threshold`` and layer thresholds that minimise work while the outputs stay close to dense.
 
@@ -201,6 +204,9 @@ def tune(
         base_config: fixed ``transform`` arguments every point uses (e.g. ``{"input_open": 1}``).
         metrics: your own metrics, ``{name: (fn(sparse_out, dense_out) -> float, higher_is_better, "mean" | "worst")}``,
             usable in ``constraints`` like the built-in ones.
+        refine_groups: after the grid, split the gated layers into this many groups by depth and raise each
+            group's scale on its own, one ``scales`` step at a time, while every constraint holds and the work
+            drops (Note [Group refinement]). 0 (default): the grid only.
 
     Returns:
         TuneResult: ``config`` for ``fxsparse.transform(model, **config)``, the chosen point and the curve.
@@ -248,6 +254,63 @@ def tune(
         )
     key = (lambda p: p.ms) if objective == "time" else (lambda p: p.executed_fraction)
     best = min(good, key=key)
-    threshold = {name: best.scale * v for name, v in layer_scales.items() if best.scale * v > 0} or None
+    group_scales = None
+    if refine_groups > 0:
+
+        def run(config):
+            point = evaluate(model, frames, config, constraints, dense_outputs=dense, metric_fns=metric_fns,
+                             timed=objective == "time", mean_metrics=means)
+            curve.append(point)
+            if progress:
+                progress(point)
+            return point
+
+        best, group_scales = _refine_groups(best, layer_scales, refine_groups, scales, base_config, run, key)
+    threshold = _thresholds(layer_scales, best.scale, group_scales)
     config = {**(base_config or {}), "input_threshold": best.input_threshold, "threshold": threshold}
     return TuneResult(config, best, curve, layer_scales)
+
+
+def _depth_groups(layer_scales: dict[str, float], n: int) -> list[list[str]]:
+    """Layer names (in graph order) cut into ``n`` contiguous groups of about equal size."""
+    names = list(layer_scales)
+    n = max(1, min(n, len(names)))
+    return [names[len(names) * i // n : len(names) * (i + 1) // n] for i in range(n)]
+
+
+def _thresholds(layer_scales, scale, group_scales=None) -> dict | None:
+    if group_scales is None:
+        out = {name: scale * v for name, v in layer_scales.items() if scale * v > 0}
+    else:
+        groups = _depth_groups(layer_scales, len(group_scales))
+        out = {name: g * layer_scales[name] for names, g in zip(groups, group_scales) for name in names
+               if g * layer_scales[name] > 0}
+    return out or None
+
+
+# Note [Group refinement]: one scale for every layer is a blunt tool: early layers see sensor noise
+# everywhere, late layers see large, slowly varying activations. Starting from the grid's best point,
+# each depth group in turn (deepest first: a fixed order, not a measured one) takes the next larger
+# value of ``scales`` as long as every constraint still holds (a failed step ends that group's search);
+# the point with the least work (or time) seen is returned. Steps that meet the constraints without
+# saving anything are kept: on noisy footage small thresholds pass every position, larger ones may not
+# (measured on MobileNetV2 / CDnet highway, docs/thresholds.md). Coordinate ascent: at most
+# groups x scales evaluations, not a global optimum.
+def _refine_groups(best, layer_scales, n_groups, scales, base_config, run, key):
+    groups = _depth_groups(layer_scales, n_groups)
+    current = [best.scale] * len(groups)
+    steps = sorted(set(scales))
+    for g in reversed(range(len(groups))):
+        for value in [v for v in steps if v > current[g]]:
+            trial = list(current)
+            trial[g] = value
+            config = {**(base_config or {}), "input_threshold": best.input_threshold,
+                      "threshold": _thresholds(layer_scales, best.scale, trial)}
+            point = run(config)
+            point.scale, point.group_scales = best.scale, tuple(trial)
+            if not point.ok:
+                break
+            current = trial  # kept even without savings yet: a noise floor can hide them until a larger step
+            if key(point) < key(best):
+                best = point
+    return best, best.group_scales

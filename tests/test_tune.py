@@ -84,3 +84,21 @@ def test_custom_metrics_mean_and_worst():
     )
     assert set(result.chosen.metrics) == {"top_mean", "top_worst"}
     assert result.chosen.metrics["top_worst"] <= result.chosen.metrics["top_mean"]
+
+
+def test_group_refinement_cuts_work_the_grid_cannot():
+    """resnet18 on a noisy scene: one scale for all layers stops at 0.1; raising the deeper groups alone to
+    0.3 keeps the error within target and executes less (measured: 94% -> 80% of dense MACs)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18().eval()
+    g = torch.Generator().manual_seed(0)
+    frames = [x + 0.01 * torch.randn(x.shape, generator=g) for x in moving_object_frames(1, 64, 80, frames=8)]
+    result = fxsparse.tune(net, frames, constraints={"mean_rel_error": 0.03}, input_thresholds=(0,),
+                           scales=(0, 0.03, 0.1, 0.3, 1.0), refine_groups=4)
+    grid = [p for p in result.curve if p.group_scales is None and p.ok]
+    assert result.chosen.ok and result.chosen.group_scales is not None
+    assert result.chosen.executed_fraction < min(p.executed_fraction for p in grid)
+    check = fxsparse.evaluate(net, frames, result.config, {"mean_rel_error": 0.03})
+    assert check.ok and check.executed_fraction == pytest.approx(result.chosen.executed_fraction)
+    assert "groups " in str(result)
