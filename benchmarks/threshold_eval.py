@@ -273,6 +273,8 @@ def main(argv=None):
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--only-pnet", action="store_true", help="run part C (PNet on carphone) only")
     p.add_argument("--refine-groups", type=int, default=0, help="tune(refine_groups=N) in part B")
+    p.add_argument("--gate-test", choices=["max", "mean"], default="max", help="transform(gate_test=...) in part B")
+    p.add_argument("--only-highway", action="store_true", help="part B on highway without clean-up only")
     p.add_argument("--only-precision", action="store_true",
                    help="run part D (fixed configs incl. bfloat16, MobileNetV2 on CDnet highway) only")
     args = p.parse_args(argv)
@@ -297,11 +299,18 @@ def main(argv=None):
     rows_a = [] if args.skip_a else part_a(native, args.frames)
     model = mobilenet_v2_imagenet()
     big = [F.interpolate(f[None], size=(576, 768), mode="bilinear", align_corners=False) for f in native]
-    rows_b = [part_b("highway 576x768", big, args.calibration, model, cfg, args.refine_groups)
-              for cfg in ({}, POLICIES["open 1 + area 30 + dilate 2"])]
+    gate = {} if args.gate_test == "max" else {"gate_test": args.gate_test}
+    policies = [{}] if args.only_highway else [{}, POLICIES["open 1 + area 30 + dilate 2"]]
+    rows_b = [part_b("highway 576x768", big, args.calibration, model, {**cfg, **gate}, args.refine_groups)
+              for cfg in policies]
+    if args.only_highway:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"change_map": rows_a, "tuned": rows_b}, f, indent=1)
+        return
     clip = [f[None] for f in read_frames(carphone, size=(576, 704), limit=min(args.frames, 120))]
-    rows_b.append(part_b("carphone 576x704", clip, args.calibration, model, POLICIES["open 1 + area 30 + dilate 2"],
-                         args.refine_groups))
+    rows_b.append(part_b("carphone 576x704", clip, args.calibration, model,
+                         {**POLICIES["open 1 + area 30 + dilate 2"], **gate}, args.refine_groups))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"change_map": rows_a, "tuned": rows_b}, f, indent=1)

@@ -472,7 +472,8 @@ def reads_global_vector(node: fx.Node) -> bool:
     return isinstance(x, fx.Node) and x.target is ops.spatial_mean
 
 
-def insert_gates(gm: fx.GraphModule, threshold_of: Callable[[str], float | None]) -> list[tuple[str, float]]:
+def insert_gates(gm: fx.GraphModule, threshold_of: Callable[[str], float | None],
+                 test: str = "max") -> list[tuple[str, float]]:
     """Put a threshold gate (Note [Gates] in rules/gate.py) on the data input of every conv / linear layer
     whose name ``threshold_of`` gives a positive threshold. The image input is left to ``input_threshold``.
 
@@ -494,7 +495,7 @@ def insert_gates(gm: fx.GraphModule, threshold_of: Callable[[str], float | None]
         key = (x, float(t))
         if key not in gates:
             with graph.inserting_after(x):
-                gate = graph.call_function(ops.gate, (x, float(t)))
+                gate = graph.call_function(ops.gate, (x, float(t), test))
             gate.meta["fxsparse_name"] = f"{x.meta.get('fxsparse_name', x.name)}>gate"
             gates[key] = gate
         node.args = (gates[key],) + tuple(node.args[1:])

@@ -155,9 +155,10 @@ def pad(x, pad, value):
 # -- thresholds ----------------------------------------------------------------
 
 
-def gate(x, threshold):
+def gate(x, threshold, test="max"):
     """Identity when run densely. Sparse runs pass on only the positions whose value moved by more
-    than ``threshold`` (max over channels) since the last value the gate let through (rules/gate.py)."""
+    than ``threshold`` since the last value the gate let through, the move being the max (``test="max"``)
+    or the mean (``"mean"``) over channels of the absolute change (rules/gate.py)."""
     return x
 
 

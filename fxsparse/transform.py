@@ -65,6 +65,7 @@ def transform(
     dense_switch: float | str = 0.5,
     dtype: torch.dtype | None = None,
     fuse_chains: bool = False,
+    gate_test: str = "max",
     leaf_modules: Iterable[type[nn.Module]] = (),
     autowrap_functions: Iterable[Callable] = (),
 ) -> SparseModule:
@@ -93,6 +94,10 @@ def transform(
             (above 1.0: never, which tests use to exercise the sparse path). ``"auto"``: measure, per
             conv / pool layer at the first frame, where its sparse lowering stops beating the dense op
             on this machine (the first frame then takes a few dense passes longer).
+        gate_test: how a layer-threshold gate measures a position's change: ``"max"`` (default) over
+            channels of ``|new - kept|``, which bounds every kept element within the threshold; or
+            ``"mean"`` over channels, which passes fewer positions on wide noisy layers and bounds each
+            kept element only by ``C x threshold`` (C channels; see docs/thresholds.md).
         dtype: compute dtype. ``torch.bfloat16`` runs weights, caches and kernels in bfloat16 (on CPUs
             with AMX or AVX512-BF16 the matmuls run 3-4x faster) while the caller keeps feeding float32
             frames and gets float32 outputs. Not exact: results differ from the float32 model by
@@ -151,7 +156,9 @@ def transform(
         frame_dtype = next((p.dtype for p in gm.parameters()), torch.float32)
         gm = gm.to(dtype)
     lookup = threshold_lookup(threshold)
-    gates = insert_gates(gm, lookup)
+    if gate_test not in ("max", "mean"):
+        raise ValueError(f"gate_test must be 'max' or 'mean', got {gate_test!r}.")
+    gates = insert_gates(gm, lookup, gate_test)
     if isinstance(threshold, dict):
         names = {n.meta.get("fxsparse_name", n.name) for n in gm.graph.nodes if n.target in (ops.conv2d, ops.linear)}
         unused = [k for k in threshold if k != GLOBAL_KEY and not any(fnmatch.fnmatchcase(n, k) for n in names)]

@@ -57,6 +57,40 @@ def test_kept_value_never_deviates_more_than_threshold_and_error_does_not_drift(
     assert sm.stats.macs_executed < sm.stats.macs_dense  # the gates do stop work
 
 
+def test_mean_gate_bounds_the_channel_mean_and_passes_fewer_positions():
+    """gate_test="mean": the mean over channels of |true - kept| stays within the threshold at every
+    position (so each element within C x threshold), the error does not drift, and on a noisy wide layer
+    it lets fewer positions through than the max test at the same threshold."""
+    net = _chain()
+    t = 0.01
+    sms = {test: fxsparse.transform(net, threshold=t, gate_test=test) for test in ("max", "mean")}
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(1, 3, 24, 32, generator=g)
+    errors, executed = [], {"max": 0, "mean": 0}
+    for frame in range(400):
+        x = base + 0.01 * torch.randn(1, 3, 24, 32, generator=g)
+        with torch.no_grad():
+            expected = net(x)
+        for test, sm in sms.items():
+            out = sm(x)
+            if frame:
+                executed[test] += sm.stats.macs_executed
+        errors.append(float((out - expected).abs().max()))
+        for true, kept in _gate_pairs(sms["mean"]):
+            a, b = _as_tensor(true), _as_tensor(kept)
+            delta = (a - b).abs()
+            per_position = delta.mean(1) if delta.dim() == 4 else delta.mean(1)
+            assert float(per_position.max()) <= t + 1e-6, f"frame {frame}"
+            assert float(delta.max()) <= a.shape[1] * t + 1e-6
+    assert max(errors[200:]) <= 1.25 * max(errors[:200]) + 1e-6
+    assert executed["mean"] < executed["max"]
+
+
+def test_gate_test_is_checked():
+    with pytest.raises(ValueError, match="gate_test"):
+        fxsparse.transform(_chain(), threshold=0.1, gate_test="median")
+
+
 @given(st.data())
 def test_tiny_threshold_is_as_exact_as_exact_mode(data):
     """Gates at a threshold far below float noise change nothing: exercises the gate masks on random nets."""

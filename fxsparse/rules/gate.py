@@ -10,6 +10,10 @@ a 1x1 conv or linear layer that reads a pooled vector (squeeze-excite, ASPP pool
 a classifier head) keeps that vector unless it moved by more than its threshold, so the broadcast
 product behind it recomputes only where its spatial input changed.
 
+``transform(gate_test="mean")`` tests the mean over channels of ``|new - kept|`` instead of the max: the
+mean deviation at every position then stays within the threshold, each element only within
+``C x threshold``; on wide layers with noise in every channel it passes far fewer positions.
+
 With threshold 0 a gate passes exactly the positions whose value differs: still exact.
 ``SparseModule.estimate`` (no values computed) treats gates as open: an upper bound.
 """
@@ -25,6 +29,14 @@ def _threshold(step) -> float:
     return float(step.node.args[1])
 
 
+def _moved(delta, step):
+    """Per position (row): the change a gate tests, from ``delta`` = |new - kept| ``[N, C, ...]``: its max over
+    channels (default; every kept element within the threshold) or its mean (``gate_test="mean"``)."""
+    test = step.node.args[2] if len(step.node.args) > 2 else "max"
+    flat = delta.flatten(1)
+    return flat.mean(1) if test == "mean" else flat.amax(1)
+
+
 def propagate_gate(step, ctx):
     x = step.node.args[0]
     m_in = ctx.mask(x)
@@ -35,7 +47,7 @@ def propagate_gate(step, ctx):
     t = _threshold(step)
     if step.kind == "rows":
         new, kept = ctx.value(x), ctx.value(step.node)
-        moved = (new - kept).abs().flatten(1).amax(1, keepdim=True) > t
+        moved = (_moved((new - kept).abs(), step) > t)[:, None]
         return (moved & (m_in > 0)).to(m_in.dtype)
     src, own = ctx.cache(x), ctx.cache(step.node)
     out = ctx.mask_buffer(step.node, mask_shape(step.shape))
@@ -44,7 +56,7 @@ def propagate_gate(step, ctx):
         ctx.set_box(step.node, None)
         return out
     pos = ctx.positions(x)
-    moved = (src.buf.index_select(0, pos) - own.buf.index_select(0, pos)).abs().amax(1) > t
+    moved = _moved((src.buf.index_select(0, pos) - own.buf.index_select(0, pos)).abs(), step) > t
     keep = pos[moved]
     out.view(-1)[keep] = 1.0
     ctx.set_box(step.node, box if len(keep) else None)
