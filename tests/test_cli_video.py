@@ -169,6 +169,15 @@ def test_bench_command(tmp_path):
 
 
 
+def test_bench_in_bfloat16_compares_like_with_like(tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(main, ["bench", "--model", "builtin:tiny", "--size", "64x64", "--fractions", "0.05",
+                                  "--frames", "3", "--dtype", "bfloat16", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())[0]
+    assert row["precision"] == "bf16" and row["dense_baseline"].endswith("bf16")  # dense torch runs in bf16 too
+
+
 @pytest.mark.skipif(not os.path.isdir(HIGHWAY), reason="shared CDnet highway frames not present")
 def test_torchvision_model_on_cdnet_analyze_and_run(tmp_path):
     pytest.importorskip("torchvision")
