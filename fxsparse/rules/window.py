@@ -115,6 +115,12 @@ def prepare_window(step, ctx):
     cfg["offsets"] = T.kernel_offsets(k, d, (top, left))
     cfg["fill"] = float("-inf") if step.node.target is ops.max_pool2d else 0.0
     cfg["identity_taps"] = k == (1, 1) and s == (1, 1) and (top, left) == (0, 0)
+    # stride 1 and an output the size of the input: tap k of output row p is input row p + flat_offsets[k]
+    # whenever the window stays inside the image (checked per frame on the changed box, _taps_inside)
+    oy, ox = cfg["offsets"]
+    same = s == (1, 1) and tuple(inp.shape[2:]) == (ho, wo)
+    cfg["flat_offsets"] = oy * inp.shape[3] + ox if same else None
+    cfg["tap_span"] = (int(oy.min()), int(oy.max()), int(ox.min()), int(ox.max()))
     target = step.node.target
     if target is ops.conv2d:
         weight, groups = step.consts[1], step.node.args[6]
@@ -198,18 +204,21 @@ def execute_window(step, ctx, mask):
     if len(dense):
         pos = pos[~torch.isin(pos // (ho * wo), dense)]
     if len(pos):
-        out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos))
+        out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos, ctx.box(step.node)))
         executed += len(pos) * mpp
     return executed
 
 
-def _window_rows(step, ctx, pos):
-    """The op's output rows ``[N, C_out]`` at output positions ``pos`` (gemm / taps lowerings)."""
+def _window_rows(step, ctx, pos, box=None):
+    """The op's output rows ``[N, C_out]`` at output positions ``pos`` (gemm / taps lowerings); ``box``, when
+    given, contains every position (it lets a window that stays inside the image skip the border checks)."""
     cfg = step.config
     inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
     target = step.node.target
     if cfg["identity_taps"]:
         src, outside = pos[:, None], None
+    elif box is not None and cfg["flat_offsets"] is not None and _taps_inside(box, cfg["tap_span"], inp.shape[2:]):
+        src, outside = pos[:, None] + cfg["flat_offsets"], None  # stride 1, same size: taps are fixed row offsets
     else:
         src, outside = T.neighbour_rows(pos, out.shape[2:], inp.shape[2:], cfg["stride"], cfg["offsets"])
     if target is ops.conv2d and cfg["lowering"] == "gemm":
@@ -277,6 +286,12 @@ def _execute_tiles(step, ctx, mask):
         T.scatter_tiles(out.buf, dst, result)
         executed += len(tb) * th * tw * step.macs_per_position
     return executed
+
+
+def _taps_inside(box, span, hw) -> bool:
+    """Do the windows of every position in ``box`` (y0, y1, x0, x1) stay inside an ``hw`` image?"""
+    dy0, dy1, dx0, dx1 = span
+    return box[0] + dy0 >= 0 and box[1] - 1 + dy1 < hw[0] and box[2] + dx0 >= 0 and box[3] - 1 + dx1 < hw[1]
 
 
 def _residual_rows(step, ctx, pos):
