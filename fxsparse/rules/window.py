@@ -135,7 +135,7 @@ def prepare_window(step, ctx):
             if ctx.dense_switch <= 1.0:
                 # oneDNN's channels-last depthwise conv costs ~0.2 us per position of a 36x48x576 map, the
                 # gathered taps ~2 us (measured): switch to dense 5x earlier (mobilenet_v2 576x768,
-                # 0.5 -> 0.1: 5-10% faster per frame at 1% and 5% change)
+                # 0.5 -> 0.1: 5-15% faster per frame at 1%, 5% and 20% change over three A/B runs)
                 ctx.switches[step.node] = ctx.dense_switch * DEPTHWISE_SWITCH_SCALE
             return
         bias = step.consts[2]
