@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -25,6 +26,14 @@ def _in_channels(gm: fx.GraphModule) -> int | None:
             w = get_attr_value(gm, user.args[1])
             return w.shape[1] * user.args[6]
     return None
+
+
+def _native_bfloat16() -> bool:
+    """Does oneDNN run bfloat16 natively on this CPU (else emulated, slower than float32)?"""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an op that moved or a build without oneDNN: assume not
+        return False
 
 
 def threshold_lookup(threshold: float | dict[str, float] | None) -> Callable[[str], float | None]:
@@ -153,6 +162,13 @@ def transform(
     if dtype is not None:
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}.")
+        if dtype == torch.bfloat16 and not _native_bfloat16():
+            warnings.warn(
+                "fxsparse: dtype=torch.bfloat16 on a CPU without native bfloat16 support (AVX512-BF16 / AMX): "
+                "its kernels are emulated and usually slower than float32. Hint: leave dtype unset here.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         frame_dtype = next((p.dtype for p in gm.parameters()), torch.float32)
         gm = gm.to(dtype)
     lookup = threshold_lookup(threshold)

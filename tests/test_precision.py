@@ -97,3 +97,12 @@ def test_bfloat16_with_input_threshold_and_mask_clean_up():
         y = sm(x)
         assert y.dtype == torch.float32 and bool(torch.isfinite(y).all())
     assert 0 < sm.stats.macs_executed < sm.stats.macs_dense
+
+
+def test_warns_when_the_cpu_has_no_native_bfloat16(monkeypatch):
+    import importlib
+
+    transform_module = importlib.import_module("fxsparse.transform")  # the attribute is the function
+    monkeypatch.setattr(transform_module, "_native_bfloat16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        fxsparse.transform(_net(), dtype=torch.bfloat16)
