@@ -1,9 +1,11 @@
 """Peak resident memory of the dense model vs fxsparse on the same frames, each in its own process.
 
     python benchmarks/rss_bench.py --model resnet50 --size 576x768
+    python benchmarks/rss_bench.py --model mobilenet_v2 --fuse-chains   # transform(fuse_chains=True)
 
 Peak RSS (``ru_maxrss``) is per process, so each side runs alone in a fresh interpreter; the numbers
-include Python, torch and the model weights.
+include Python, torch and the model weights. The RSS after the last frame (``/proc/self/statm``, Linux)
+shows the steady state: the first frame's dense pass, which every mode pays, sets the peak.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ with torch.inference_mode():
     if mode == "dense":
         _, run = best_dense(model, clip[0])
     else:
-        run = fxsparse.transform(model)
+        run = fxsparse.transform(model, fuse_chains=mode == "sparse-chains")
     for x in clip:
         run(x)
-cache = run.stats.cache_bytes if mode == "sparse" else 0
+cache = run.stats.cache_bytes if mode != "dense" else 0
+import os
+now = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 print(json.dumps({"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rss_before_mib": before / 1024, "cache_mib": cache / 2**20}))
+                  "rss_before_mib": before / 1024, "cache_mib": cache / 2**20, "rss_after_mib": now}))
 """
 
 
@@ -50,11 +54,13 @@ def main(argv=None):
     p.add_argument("--size", default="576x768")
     p.add_argument("--changed", type=float, default=0.01)
     p.add_argument("--frames", type=int, default=6)
+    p.add_argument("--fuse-chains", action="store_true", help="fxsparse with fuse_chains=True")
     args = p.parse_args(argv)
-    dense, sparse = measure("dense", args), measure("sparse", args)
+    dense, sparse = measure("dense", args), measure("sparse-chains" if args.fuse_chains else "sparse", args)
     print(f"{args.model} {args.size}: peak RSS dense {dense['peak_rss_mib']:.0f} MiB, fxsparse "
           f"{sparse['peak_rss_mib']:.0f} MiB (ratio {sparse['peak_rss_mib'] / dense['peak_rss_mib']:.2f}); "
-          f"cache {sparse['cache_mib']:.0f} MiB; process before the model ran: {dense['rss_before_mib']:.0f} MiB")
+          f"cache {sparse['cache_mib']:.0f} MiB; process before the model ran: {dense['rss_before_mib']:.0f} MiB; "
+          f"RSS after the last frame: dense {dense['rss_after_mib']:.0f} MiB, fxsparse {sparse['rss_after_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":
