@@ -205,8 +205,8 @@ def tune(
         metrics: your own metrics, ``{name: (fn(sparse_out, dense_out) -> float, higher_is_better, "mean" | "worst")}``,
             usable in ``constraints`` like the built-in ones.
         refine_groups: after the grid, split the gated layers into this many groups by depth and raise each
-            group's scale on its own, one ``scales`` step at a time, while every constraint holds and the work
-            drops (Note [Group refinement]). 0 (default): the grid only.
+            group's scale on its own, one ``scales`` step at a time, while every constraint holds; the point
+            with the least work seen wins (Note [Group refinement]). 0 (default): the grid only.
 
     Returns:
         TuneResult: ``config`` for ``fxsparse.transform(model, **config)``, the chosen point and the curve.
@@ -234,16 +234,20 @@ def tune(
         dense = [model(x) for x in frames]
     layer_scales = layer_input_scales(model, frames[0])
     curve = []
+
+    def run(config, scale, group_scales=None):
+        point = evaluate(model, frames, config, constraints, dense_outputs=dense, metric_fns=metric_fns,
+                         timed=objective == "time", mean_metrics=means)
+        point.scale, point.group_scales = scale, group_scales
+        curve.append(point)
+        if progress:
+            progress(point)
+        return point
+
     for tau in input_thresholds:
         for s in scales:
-            threshold = {name: s * v for name, v in layer_scales.items() if s * v > 0} or None
-            config = {**(base_config or {}), "input_threshold": float(tau), "threshold": threshold}
-            point = evaluate(model, frames, config, constraints, dense_outputs=dense, metric_fns=metric_fns,
-                             timed=objective == "time", mean_metrics=means)
-            point.scale = s
-            curve.append(point)
-            if progress:
-                progress(point)
+            point = run({**(base_config or {}), "input_threshold": float(tau),
+                         "threshold": _thresholds(layer_scales, s)}, s)
             if not point.ok:
                 break  # larger scales only add error
     good = [p for p in curve if p.ok]
@@ -256,15 +260,6 @@ def tune(
     best = min(good, key=key)
     group_scales = None
     if refine_groups > 0:
-
-        def run(config):
-            point = evaluate(model, frames, config, constraints, dense_outputs=dense, metric_fns=metric_fns,
-                             timed=objective == "time", mean_metrics=means)
-            curve.append(point)
-            if progress:
-                progress(point)
-            return point
-
         best, group_scales = _refine_groups(best, layer_scales, refine_groups, scales, base_config, run, key)
     threshold = _thresholds(layer_scales, best.scale, group_scales)
     config = {**(base_config or {}), "input_threshold": best.input_threshold, "threshold": threshold}
@@ -306,8 +301,7 @@ def _refine_groups(best, layer_scales, n_groups, scales, base_config, run, key):
             trial[g] = value
             config = {**(base_config or {}), "input_threshold": best.input_threshold,
                       "threshold": _thresholds(layer_scales, best.scale, trial)}
-            point = run(config)
-            point.scale, point.group_scales = best.scale, tuple(trial)
+            point = run(config, best.scale, tuple(trial))
             if not point.ok:
                 break
             current = trial  # kept even without savings yet: a noise floor can hide them until a larger step
