@@ -62,6 +62,7 @@ def _fallback_rule() -> ChangeRule:
 
 
 FALLBACK = _fallback_rule()
+_NO_STREAMS = torch.zeros(0, dtype=torch.long)  # read-only: callers only take its len()
 
 
 @dataclass
@@ -149,6 +150,7 @@ class Engine:
         # so the per-frame difference reads both operands with the same strides (2x faster than
         # against the channels-last rows: 0.35 vs 0.70 ms for a 576x768 frame)
         self._ref_frame = x.clone()
+        self._diff: torch.Tensor | None = None  # the per-frame difference's buffer (input_mask)
         nodes = [n for n in gm.graph.nodes if n.op != "output"]
         self.steps: list[Step] = []
         for node, value in zip(nodes, _graph_returning(gm, nodes)(x)):  # the first frame: every value kept
@@ -273,27 +275,32 @@ class Engine:
             self._positions[node] = pos
         return pos
 
-    def stream_counts(self, node: fx.Node) -> torch.Tensor:
-        """Number of changed positions of the node per stream this frame (computed once)."""
+    def stream_counts(self, node: fx.Node) -> list[int]:
+        """Number of changed positions of the node per stream this frame (computed once per mask, as
+        Python ints: the per-step decisions that read them then cost no tensor op)."""
         node = self._same.get(node, node)
         counts = self._counts.get(node)
         if counts is None:
             mask = self.masks[node]
-            if mask.dim() == 4:
-                box = self.box(node)
+            box = self.box(node) if mask.dim() == 4 else None
+            if mask.dim() == 4 and mask.shape[0] == 1 and box is not None and \
+                    (box[1] - box[0]) * (box[3] - box[2]) * 2 < mask.numel():
+                counts = [len(self.positions(node))]  # one stream, a small box: the positions it needs anyway
+            elif mask.dim() == 4:
                 if box is None:
-                    counts = torch.zeros(mask.shape[0])
+                    counts = [0] * mask.shape[0]
                 else:
-                    counts = mask[:, :, box[0] : box[1], box[2] : box[3]].flatten(1).sum(1)
+                    counts = _count_ones(mask[:, :, box[0] : box[1], box[2] : box[3]])
             else:
-                counts = mask.flatten(1).sum(1)
+                counts = _count_ones(mask)
             self._counts[node] = counts
         return counts
 
     def fully_changed(self, node: fx.Node) -> bool:
         """Did every position of every stream of this spatial node change this frame?"""
         mask = self.masks[node]
-        return bool((self.stream_counts(node) == mask.shape[2] * mask.shape[3]).all())
+        total = mask.shape[2] * mask.shape[3]
+        return all(c == total for c in self.stream_counts(node))
 
     def box(self, node: fx.Node) -> Box | None:
         """Bounding box of the node's changed positions this frame (None: nothing changed)."""
@@ -328,9 +335,13 @@ class Engine:
         """The changed share above which this node runs its dense op (measured, or ``dense_switch``)."""
         return self.switches.get(node, self.dense_switch)
 
-    def dense_streams(self, node: fx.Node, per_stream_total: int) -> torch.Tensor:
-        """Streams whose changed share of this node exceeds its switch: they run the dense op."""
-        return (self.stream_counts(node) > self.switch(node) * per_stream_total).nonzero().view(-1)
+    def dense_streams(self, node: fx.Node, per_stream_total: int, counts: list[int] | None = None) -> torch.Tensor:
+        """Streams whose changed share of this node (``counts``, default its changed positions) exceeds its
+        switch: they run the dense op. Decided on Python ints; a tensor is built only when one does."""
+        limit = self.switch(node) * per_stream_total
+        counts = self.stream_counts(node) if counts is None else counts
+        dense = [b for b, c in enumerate(counts) if c > limit]
+        return torch.tensor(dense, dtype=torch.long) if dense else _NO_STREAMS
 
     def add_before_write_hook(self, node: fx.Node, fn) -> None:
         self.hooks.setdefault(node, []).append(fn)
@@ -379,14 +390,18 @@ class Engine:
         Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
         small reduction over the ``[B, 1, H, W]`` difference replaces a full ``isfinite`` pass.
         """
-        diff = torch.sub(x, self._ref_frame).abs_().amax(1, keepdim=True)
+        if threshold == 0 and (full_streams is None or not len(full_streams)) and self._bitwise_equal(x):
+            return None  # a static scene in exact mode: one comparison, nothing allocated
+        if self._diff is None or self._diff.shape != x.shape:
+            self._diff = torch.empty_like(x)  # reused: a fresh 5 MB tensor per frame costs page faults
+        diff = torch.sub(x, self._ref_frame, out=self._diff).abs_().amax(1, keepdim=True)
         largest = float(diff.max())
         if not math.isfinite(largest):
             _raise_non_finite(x)
         full = full_streams is not None and len(full_streams) > 0
         if not full and largest <= threshold:
             return None  # a static scene: decided by the one reduction, no mask is made
-        mask = (diff > threshold).to(x.dtype)
+        mask = torch.gt(diff, threshold, out=torch.empty_like(diff))  # float 0/1 in one pass
         if policy is not None and policy.active:
             mask = policy.apply(mask)
             if not full and not bool(mask.any()):
@@ -394,6 +409,14 @@ class Engine:
         if full:
             mask[full_streams] = 1.0
         return mask
+
+    def _bitwise_equal(self, x: torch.Tensor) -> bool:
+        """Is ``x`` bit for bit the reference frame? (0.4 ms for a 576x768 frame as int64 words, against
+        0.7 ms for the difference and its reduction.)"""
+        ref = self._ref_frame
+        if not (x.is_contiguous() and ref.is_contiguous() and x.dtype == ref.dtype) or x.numel() * x.element_size() % 8:
+            return torch.equal(x, ref)
+        return torch.equal(x.view(-1).view(torch.int64), ref.view(-1).view(torch.int64))
 
     def step_frame(self, x: torch.Tensor | None, mask_in: torch.Tensor, threshold: float) -> FrameStats:
         """Propagate ``mask_in`` through every step and recompute what it reaches.
@@ -406,7 +429,8 @@ class Engine:
         self._counts = {}
         self._boxes = {}
         self._same = {}
-        stats = FrameStats(changed_fraction=mask_in.flatten(1).mean(1).tolist())
+        per_stream = mask_in.shape[2] * mask_in.shape[3]
+        stats = FrameStats(changed_fraction=[c / per_stream for c in self.stream_counts(self.placeholder)])
         self.executing = x is not None
         if x is not None:
             self._update_reference(x, threshold)
@@ -415,7 +439,7 @@ class Engine:
             self.masks[step.node] = mask
             self._remember_box(step.node)
             if isinstance(mask, torch.Tensor):
-                changed = float(self.stream_counts(step.node).sum())
+                changed = sum(self.stream_counts(step.node))
                 fraction = changed / mask.numel()
                 positions = mask.numel() if step.kind == "spatial" else mask.shape[0]
             else:
@@ -472,7 +496,7 @@ class Engine:
             hook(self.masks[node])
         ref = self.values[node]
         mask = self.masks[node]
-        if float(self.stream_counts(node).sum()) > ref.positions // 2:  # counts: no index list for a full frame
+        if sum(self.stream_counts(node)) > ref.positions // 2:  # counts: no index list for a full frame
             # above 0, unchanged pixels keep their reference value (they may differ by up to the threshold);
             # at 0 copy x: adopting the caller's tensor would let them change our reference later
             if threshold > 0:
@@ -480,11 +504,11 @@ class Engine:
             else:
                 self._ref_frame.copy_(x)
             ref.write_streams(None, self._ref_frame)
-        elif len(pos := self.positions(node)):
-            ref.buf.index_copy_(0, pos, x.permute(0, 2, 3, 1).reshape(-1, ref.shape[1]).index_select(0, pos))
-            y0, y1, x0, x1 = self.box(node)
-            box = self._ref_frame[:, :, y0:y1, x0:x1]
-            box.copy_(torch.where(mask[:, :, y0:y1, x0:x1] > 0, x[:, :, y0:y1, x0:x1], box))
+        elif (box := self.box(node)) is not None:  # update inside the changed box only, both copies
+            y0, y1, x0, x1 = box
+            region = self._ref_frame[:, :, y0:y1, x0:x1]
+            region.copy_(torch.where(mask[:, :, y0:y1, x0:x1] > 0, x[:, :, y0:y1, x0:x1], region))
+            ref.nhwc()[:, y0:y1, x0:x1] = region.permute(0, 2, 3, 1)
 
     def dense_stats(self) -> FrameStats:
         """Stats of the first (dense) frame."""
@@ -560,6 +584,12 @@ class Engine:
                 )
             )
         return CoverageReport(entries)
+
+
+def _count_ones(mask: torch.Tensor) -> list[int]:
+    """Per stream, the number of ones in a 0/1 mask. A float32 sum: exact up to 2^24 positions in any mask
+    dtype (a bfloat16 sum is not, above 256), and 20x faster than ``count_nonzero`` (0.02 vs 0.43 ms)."""
+    return [int(c) for c in mask.flatten(1).sum(1, dtype=torch.float32).tolist()]
 
 
 def _mutable(value):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..kernels import tiles as T
-from ..kernels.buckets import bucket, needs_buckets, pad_index
+from ..kernels.buckets import bucket, bucket_span, needs_buckets, pad_index
 from ..timing import median_seconds
 from . import ChangeRule, register_change_rule
 from .masks import box_union, mask_shape, window_footprint
@@ -103,6 +103,12 @@ def _avg_divisor(step, in_hw, out_hw) -> torch.Tensor:
 
 
 DEPTHWISE_SWITCH_SCALE = 0.2
+# Note [Depthwise on the box]: a depthwise conv runs oneDNN's dense kernel on the crop of its changed box
+# (plus halo) when the box holds at most BOX_WASTE times the changed positions: that kernel costs ~0.2 us
+# per position of a [576, 36, 48] map, gathered taps 1-2 us (measured, tiny boxes included: a crop conv
+# has ~0.05 ms fixed cost). Unchanged positions inside the box are recomputed from unchanged inputs:
+# the same values, up to float reassociation.
+BOX_WASTE = 4.0
 
 
 def prepare_window(step, ctx):
@@ -131,6 +137,7 @@ def prepare_window(step, ctx):
             return
         if groups == c_in == c_out:
             cfg["lowering"] = "taps"
+            cfg["box_conv"] = True  # Note [Depthwise on the box]
             cfg["tap_weights"] = weight.flatten(1).t().contiguous()  # [K, C]
             if ctx.dense_switch <= 1.0:
                 # oneDNN's channels-last depthwise conv costs ~0.2 us per position of a 36x48x576 map, the
@@ -148,11 +155,6 @@ def prepare_window(step, ctx):
     cfg["lowering"] = "taps"
     if target is ops.avg_pool2d:
         cfg["divisor"] = _avg_divisor(step, inp.shape[2:], (ho, wo)).view(-1)
-
-
-def _split_dense(ctx, node, counts: torch.Tensor, per_stream_total: int):
-    """Streams whose changed share exceeds the node's switch (they run the dense op instead)."""
-    return (counts > ctx.switch(node) * per_stream_total).nonzero().view(-1)
 
 
 def calibrate_window(step, ctx, probe: float = 0.1, repeats: int = 3) -> float:
@@ -193,7 +195,20 @@ def execute_window(step, ctx, mask):
     mpp = step.macs_per_position
     if cfg["lowering"] == "tiles":
         return _execute_tiles(step, ctx, mask)
-    dense = _split_dense(ctx, step.node, ctx.stream_counts(step.node), ho * wo)
+    if cfg.get("box_conv"):  # Note [Depthwise on the box]: before the dense switch, which it undercuts
+        box = _bucketed(ctx.box(step.node), ho, wo)
+        area = (box[1] - box[0]) * (box[3] - box[2])
+        if area < ho * wo and area * b <= BOX_WASTE * sum(ctx.stream_counts(step.node)):
+            _conv_on_box(step, ctx, box)
+            return area * b * mpp
+    dense = ctx.dense_streams(step.node, ho * wo)
+    # bfloat16 GEMMs compile per shape: they keep the gathered, bucketed rows (Note [Shape buckets])
+    if cfg["identity_taps"] and cfg["lowering"] == "gemm" and not len(dense) and not needs_buckets(out.buf.dtype):
+        box = ctx.box(step.node)
+        area = (box[1] - box[0]) * (box[3] - box[2])
+        if area * b <= GEMM_BOX_WASTE * sum(ctx.stream_counts(step.node)):
+            _pointwise_gemm_on_box(step, ctx, box)
+            return area * b * mpp
     executed = 0
     if len(dense):
         run_dense_streams(step, ctx, dense)
@@ -207,6 +222,60 @@ def execute_window(step, ctx, mask):
         out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos, ctx.box(step.node)))
         executed += len(pos) * mpp
     return executed
+
+
+# Note [Pointwise GEMM on the box]: a 1x1 conv whose changed positions fill at least 1/GEMM_BOX_WASTE of
+# their box runs one GEMM over the box read in place instead of gathering rows and scattering results
+# (the gather and scatter cost about as much as the GEMM). A box as wide as the map is a contiguous block of
+# cache rows: the GEMM reads it and writes its result into the cache with no copy at all.
+GEMM_BOX_WASTE = 1.3
+
+
+def _pointwise_gemm_on_box(step, ctx, box):
+    """Recompute a 1x1 conv on output ``box`` of every stream (Note [Pointwise GEMM on the box])."""
+    inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
+    b, c_out, _, w = out.shape
+    y0, y1, x0, x1 = box
+    weight_t, bias, res = step.config["weight2d"].t(), step.consts[2], _residual(step)
+    if b == 1 and (x0, x1) == (0, w):
+        rows = slice(y0 * w, y1 * w)
+        dst = out.buf[rows]
+        if bias is None:
+            torch.mm(inp.buf[rows], weight_t, out=dst)
+        else:
+            torch.addmm(bias, inp.buf[rows], weight_t, out=dst)
+        _epilogue(step, ctx, dst, None if res is None else ctx.cache(res).buf[rows])
+        return
+    y = F.linear(inp.nhwc()[:, y0:y1, x0:x1].reshape(-1, inp.shape[1]), step.config["weight2d"], bias)
+    residual = None if res is None else ctx.cache(res).nhwc()[:, y0:y1, x0:x1].reshape(-1, c_out)
+    y = _epilogue(step, ctx, y, residual)
+    out.nhwc()[:, y0:y1, x0:x1].copy_(y.view(b, y1 - y0, x1 - x0, c_out))
+
+
+def _bucketed(box, ho: int, wo: int):
+    """``box`` grown to bucket sizes inside the ``ho x wo`` output (Note [Shape buckets])."""
+    return bucket_span(box[0], box[1], ho) + bucket_span(box[2], box[3], wo)
+
+
+def _conv_on_box(step, ctx, box):
+    """Recompute output ``box`` (y0, y1, x0, x1) of every stream with the dense conv on the input crop that
+    box reads (zero-padded where it reaches outside the image)."""
+    inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
+    (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw), _ = _geometry(step)
+    oy0, oy1, ox0, ox1 = box
+    h, w = inp.shape[2:]
+    iy0, iy1 = oy0 * sh - pt, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1
+    ix0, ix1 = ox0 * sw - pl, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1
+    x = inp.view()[:, :, max(iy0, 0) : min(iy1, h), max(ix0, 0) : min(ix1, w)]
+    outside = (max(-ix0, 0), max(ix1 - w, 0), max(-iy0, 0), max(iy1 - h, 0))
+    if any(outside):
+        x = F.pad(x, outside)
+    res = _residual(step)
+    residual = None if res is None else ctx.cache(res).view()[:, :, oy0:oy1, ox0:ox1]
+    a = step.node.args
+    y = ops.conv2d(x.contiguous(memory_format=torch.channels_last), step.consts[1], step.consts[2], (sh, sw),
+                   (0, 0, 0, 0), (dh, dw), a[6], a[7], residual)
+    out.nhwc()[:, oy0:oy1, ox0:ox1].copy_(y.permute(0, 2, 3, 1))
 
 
 def _window_rows(step, ctx, pos, box=None):
@@ -264,7 +333,7 @@ def _execute_tiles(step, ctx, mask):
     th, tw = cfg["tile"]
     tb, oy, ox = T.active_tiles(mask, th, tw)
     n_tiles = -(-ho // th) * -(-wo // tw)
-    dense = _split_dense(ctx, step.node, torch.bincount(tb, minlength=b), n_tiles)
+    dense = ctx.dense_streams(step.node, n_tiles, torch.bincount(tb, minlength=b).tolist())
     executed = 0
     if len(dense):
         run_dense_streams(step, ctx, dense)
