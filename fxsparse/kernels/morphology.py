@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+_POOL_MAX_ELEMENTS = 40 * 40  # measured 3x3: 32x32 crop 0.015 (pool) vs 0.029 ms (slices), 64x64 0.072 vs 0.031
 
 
 def max_filter(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -27,8 +30,11 @@ def window_max(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
     """``F.max_pool2d(x, kernel, stride, 0, dilation)`` by strided slices, separably (rows, then columns).
 
     For 0/1 masks (already padded as needed) this equals the pooling and avoids PyTorch's single-plane CPU
-    pooling kernel, which dominated mask propagation on full-frame changes.
+    pooling kernel, which dominated mask propagation on full-frame changes. On small crops that kernel is
+    the faster one, so they take it.
     """
+    if x.numel() <= _POOL_MAX_ELEMENTS:
+        return F.max_pool2d(x, kernel, stride, 0, dilation)
     for dim, k, s, d in ((2, kernel[0], stride[0], dilation[0]), (3, kernel[1], stride[1], dilation[1])):
         n = x.shape[dim]
         n_out = (n - d * (k - 1) - 1) // s + 1
