@@ -459,7 +459,7 @@ class Engine:
         return stats
 
     def dense_frame(self, x: torch.Tensor, mask_in: torch.Tensor, threshold: float) -> FrameStats:
-        """Every input pixel of every stream changed: run the graph once, densely, on the new reference
+        """Most input pixels of every stream changed: run the graph once, densely, on the new reference
         frame and refill every cache from it (Note [Dense frames])."""
         self.masks = {self.placeholder: mask_in}
         self._positions, self._counts, self._boxes, self._same = {}, {}, {}, {}
@@ -468,7 +468,9 @@ class Engine:
             if isinstance(value, RowCache) and node is not self.placeholder:
                 value.release()  # every one is replaced below; freeing first lets the pass reuse the memory
         nodes, module = self._all_values_module()
-        for node, value in zip(nodes, module(self._ref_frame)):
+        # the reference as channels-last rows: oneDNN then returns channels-last activations, which the
+        # caches adopt without a copy (from NCHW, converting every activation cost PNet ~20% of the pass)
+        for node, value in zip(nodes, module(self.values[self.placeholder].view())):
             kind, current = self.kinds[node], self.values[node]
             if kind == "spatial":
                 current.adopt(value)
@@ -480,7 +482,7 @@ class Engine:
             if step.rule.refresh is not None:
                 step.rule.refresh(step, self)
         self.masks = {}
-        return self.dense_stats()
+        return self.dense_stats(mask_in.flatten(1).mean(1, dtype=torch.float32).tolist())
 
     def _all_values_module(self):
         """(nodes, a module returning their values): every node with a cache (built once)."""
@@ -510,9 +512,10 @@ class Engine:
             region.copy_(torch.where(mask[:, :, y0:y1, x0:x1] > 0, x[:, :, y0:y1, x0:x1], region))
             ref.nhwc()[:, y0:y1, x0:x1] = region.permute(0, 2, 3, 1)
 
-    def dense_stats(self) -> FrameStats:
-        """Stats of the first (dense) frame."""
-        stats = FrameStats(changed_fraction=[1.0] * self.batch, dense=True)
+    def dense_stats(self, changed_fraction: list[float] | None = None) -> FrameStats:
+        """Stats of a dense pass (the first frame, a dense frame). Its cone is not computed (that is the
+        per-layer mask work a dense frame skips): the dense cost stands in for it, an upper bound."""
+        stats = FrameStats(changed_fraction=changed_fraction or [1.0] * self.batch, dense=True)
         for step in self.steps:
             positions = self._positions_of(step)
             macs = step.macs_per_position * positions
@@ -635,10 +638,12 @@ class SparseModule(nn.Module):
         self._frozen_output = None  # private NCHW copy of the output while frames stay unchanged
         self._full_streams: torch.Tensor | None = None
         self.stats: FrameStats | None = None
-        # Note [Dense frames]: a frame whose every pixel changed (a cut, a light switched on, reset()
-        # of every stream) has the whole graph as its cone; one dense pass that refills the caches
-        # skips every mask and per-layer step (mobilenet_v2 576x768: 1.45x -> 1.2x of dense, measured).
-        # Off with layer thresholds: a gate must compare against what it last let through.
+        # Note [Dense frames]: a frame where more than dense_switch of every stream's pixels changed (a
+        # cut, a light switched on, reset() of every stream, sensor noise on a small frame) has most of
+        # the graph as its cone; one dense pass that refills the caches skips every mask and per-layer
+        # step (mobilenet_v2 576x768 fully changed: 1.45x -> 1.2x of dense; PNet on carphone, 73% of
+        # the pixels changing per frame: see docs/performance.md). Off with layer thresholds: a gate must
+        # compare against what it last let through.
         self.dense_frames = True
         dtypes = {p.dtype for p in graph_module.buffers()} | {p.dtype for p in graph_module.parameters()}
         self._dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
@@ -689,7 +694,8 @@ class SparseModule(nn.Module):
                 self._frozen_output = engine.output_views(contiguous=True)
             return self._frozen_output
         self._frozen_output = None
-        if self.dense_frames and engine.dense_switch <= 1.0 and bool((mask.flatten(1).amin(1) > 0).all()):
+        shares = mask.flatten(1).mean(1, dtype=torch.float32)
+        if self.dense_frames and engine.dense_switch <= 1.0 and bool((shares > engine.dense_switch).all()):
             try:
                 self.stats = engine.dense_frame(x, mask, self.input_threshold)
             except BaseException:

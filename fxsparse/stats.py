@@ -28,7 +28,8 @@ class FrameStats:
         macs_executed: MACs the kernels ran (tile waste and dense switches included).
         changed_fraction: share of changed input pixels, one entry per stream.
         cache_bytes: bytes held by the caches of all streams.
-        dense: the call ran the dense model (first frame of the streams).
+        dense: the call ran the dense model (first frame of the streams, or a dense frame: more than
+            ``dense_switch`` of every stream changed). Its ``macs_cone`` is then the dense cost (not computed).
         layers: per-node breakdown, in execution order.
     """
 

@@ -1,4 +1,5 @@
-"""Note [Dense frames]: a frame whose every pixel changed runs the graph once and refills every cache."""
+"""Note [Dense frames]: a frame where more than ``dense_switch`` of every stream changed runs the graph once
+and refills every cache."""
 
 import pytest
 import torch
@@ -96,3 +97,35 @@ def test_an_interrupted_dense_frame_starts_the_streams_over():
     with torch.no_grad():
         assert_close_scaled(sm(y), net(y))
     assert sm.stats.dense
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+def test_a_mostly_changed_frame_runs_dense_and_the_next_sparse_frames_stay_exact(threshold):
+    torch.manual_seed(0)
+    net = SqueezeExcite(4).eval()
+    sm = fxsparse.transform(net, input_threshold=threshold)  # dense_switch 0.5
+    x = torch.rand(2, 3, 16, 16)
+    sm(x)
+    ref = x.clone()
+    kinds, shares = [], []
+    for rows in (12, 4, 9, 2):  # 75%, 25%, 56%, 12.5% of each stream's pixels change
+        x = x.clone()
+        x[:, :, :rows] += 0.5 + torch.rand(2, 3, rows, 16)
+        changed = (x - ref).abs().amax(1, keepdim=True) > threshold
+        ref = torch.where(changed, x, ref)
+        with torch.no_grad():
+            assert_close_scaled(sm(x), net(ref.clone()))
+        kinds.append(sm.stats.dense)
+        shares.append(sm.stats.changed_fraction)
+    assert kinds == [True, False, True, False]
+    assert shares[0] == [0.75, 0.75] and shares[2] == [0.5625, 0.5625]  # the real shares, not 1.0
+
+
+def test_one_stream_below_the_switch_keeps_the_per_layer_path():
+    sm = fxsparse.transform(SqueezeExcite(4).eval())
+    x = torch.rand(2, 3, 16, 16)
+    sm(x)
+    y = x.clone()
+    y[0] += 1.0  # stream 0 fully changed, stream 1 not at all
+    sm(y)
+    assert not sm.stats.dense

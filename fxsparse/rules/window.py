@@ -13,6 +13,10 @@ Lowerings (chosen per node in ``prepare``; measured in docs/performance.md):
 * ``tiles`` (other grouped convs): cover the output mask with tiles, gather
   each tile's input window (halo included) into one batch, run the dense op
   on it, scatter the tiles back.
+* box lowerings, chosen per frame when the changed positions fill enough of
+  their bounding box: a depthwise conv runs the dense conv on the box's input
+  crop (Note [Depthwise on the box]); a 1x1 conv runs one GEMM over the box
+  read in place (Note [Pointwise GEMM on the box]).
 
 Every lowering switches a stream to the dense op when more than
 ``dense_switch`` of its output changed, so a fully changed frame costs about
