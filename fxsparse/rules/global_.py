@@ -31,9 +31,17 @@ def _stream_sums(rows: torch.Tensor, pos: torch.Tensor, hw: int, batch: int) -> 
     return sums.index_add_(0, pos // hw, rows.double())
 
 
+def _full_sums(x, streams=None) -> torch.Tensor:
+    """float64 sums over H, W of ``streams`` (all when None) of a cache, summed afresh. The sum runs in
+    float32 like the dense model's mean (a float64 pass costs 5x: 1.4 vs 0.3 ms for [960, 36, 48]); only
+    the incremental updates need float64 not to drift."""
+    v = x.view() if streams is None else x.view()[streams]
+    return v.sum((2, 3), dtype=torch.float32).double()
+
+
 def refresh_mean(step, ctx):
     """The running sums from the producer's cache as it is now."""
-    step.state["sum"] = ctx.cache(step.node.args[0]).view().double().sum((2, 3))
+    step.state["sum"] = _full_sums(ctx.cache(step.node.args[0]))
     step.state["old"] = None
 
 
@@ -43,8 +51,8 @@ def prepare_mean(step, ctx):
     refresh_mean(step, ctx)
 
     def before_write(mask):
-        pos = ctx.positions(step.node.args[0])
-        if len(pos) <= ctx.dense_switch * x.positions:
+        if sum(ctx.stream_counts(step.node.args[0])) <= ctx.dense_switch * x.positions:
+            pos = ctx.positions(step.node.args[0])
             step.state["old"] = _stream_sums(x.buf.index_select(0, pos), pos, h * w, b)
         else:
             step.state["old"] = None
@@ -62,8 +70,10 @@ def execute_mean(step, ctx, mask):
     if old is not None:
         pos = ctx.positions(step.node.args[0])
         sums += _stream_sums(x.buf.index_select(0, pos), pos, h * w, b) - old
+    elif len(streams) == b:
+        sums.copy_(_full_sums(x))  # no per-stream indexing: that copies the whole map
     else:
-        sums[streams] = x.view()[streams].double().sum((2, 3))
+        sums[streams] = _full_sums(x, streams)
     mean = (sums[streams] / (h * w)).to(x.buf.dtype)
     if step.kind == "spatial":
         ctx.cache(step.node).buf[streams] = mean  # [B, C, 1, 1]: row b is stream b
