@@ -553,7 +553,9 @@ class Engine:
 
     def cache_bytes(self) -> int:
         total = self._ref_frame.numel() * self._ref_frame.element_size()
-        total += sum(m.numel() * m.element_size() for m in self._mirrors.values())
+        outputs = []  # every spatial output has an NCHW mirror (Note [Output mirrors]), built or about to be
+        fx.node.map_arg(self.output_node.args[0], outputs.append)
+        total += sum(self.values[n].nbytes for n in set(outputs) if isinstance(self.values[n], RowCache))
         for node, v in self.values.items():
             if isinstance(v, RowCache):
                 total += v.nbytes
