@@ -579,9 +579,8 @@ class Engine:
                 return v
             mirror = self._mirrors.get(n)
             if mirror is None:
-                b, c, h, w = v.shape
                 mirror = self._mirrors[n] = torch.empty(v.shape, dtype=v.buf.dtype)
-                v.copy_box_to(mirror, (0, h, 0, w))
+                v.copy_box_to(mirror, (0, v.shape[2], 0, v.shape[3]))
             elif n in self.masks and (box := self.box(n)) is not None:
                 v.copy_box_to(mirror, box)
             return mirror
