@@ -207,6 +207,13 @@ def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, jso
             _json.dump(result, f, indent=1)
         click.echo(_json.dumps(result, indent=1))
         click.echo(f"video: {out_video} ({summary.frames} frames); per-frame JSON: {jpath}")
+        if summary.frames > 1 and summary.dense_frames * 2 > summary.frames - 1:
+            click.echo(
+                f"note: {summary.dense_frames} of {summary.frames - 1} frames changed in most pixels and ran as one "
+                "dense pass (any speedup there comes from the fused graph, not from skipping work). "
+                "Hint: camera noise? try --mode threshold (see docs/thresholds.md).",
+                err=True,
+            )
         if summary.interrupted:
             click.echo(f"interrupted after {summary.frames} frames; the outputs are complete up to there.", err=True)
             ctx.exit(130)

@@ -55,9 +55,11 @@ class RunSummary:
     sparse_energy: EnergyMeter | None = None
     dense_energy: EnergyMeter | None = None
     fps: float = 25.0
+    dense_frames: int = 0  # frames after the first that ran as one dense pass (most pixels changed)
 
     def as_dict(self) -> dict:
-        d = {"frames": self.frames, "interrupted": self.interrupted, "fps": self.fps}
+        d = {"frames": self.frames, "interrupted": self.interrupted, "fps": self.fps,
+             "dense_frames": self.dense_frames}
         if self.sparse_ms:
             d["median_sparse_ms"] = statistics.median(self.sparse_ms)
         if self.dense_ms:
@@ -111,6 +113,7 @@ def run_frames(frames: Iterable[torch.Tensor], model, *, mode="exact", threshold
                               processed_fraction=round(st.processed_fraction, 4))
             if i > 0:
                 summary.sparse_ms.append(sparse_ms)
+                summary.dense_frames += bool(getattr(st, "dense", False))
             if compare_dense:
                 with summary.dense_energy:
                     t = time.perf_counter()

@@ -97,6 +97,15 @@ def test_run_on_cdnet_folder_with_classifier(tmp_path):
                                        "--out", str(video)])
     assert result.exit_code == 0, result.output
     assert _decoded_frames(str(video)) == 4
+    # exact mode on this noisy footage: nearly every pixel changes, every frame runs as one dense pass,
+    # and the run says so instead of letting a speedup look like skipped work
+    assert json.loads((tmp_path / "o.summary.json").read_text())["dense_frames"] == 3
+    assert "3 of 3 frames changed in most pixels" in result.output
+    result = CliRunner().invoke(main, ["run", HIGHWAY, "--model", "builtin:tiny", "--limit", "4", "--size", "60x80",
+                                       "--mode", "threshold", "--threshold", "16", "--out", str(tmp_path / "t.avi")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "t.summary.json").read_text())["dense_frames"] == 0
+    assert "dense pass" not in result.output
 
 
 def test_interrupted_run_leaves_playable_outputs(clip, seg_model_file, tmp_path, monkeypatch):
