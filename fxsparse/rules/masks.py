@@ -45,18 +45,6 @@ def box_of(mask: torch.Tensor) -> Box | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def boxes_per_stream(mask: torch.Tensor, box: Box) -> list[Box | None]:
-    """Per stream, the bounding box of its non-zero entries in a ``[B, 1, H, W]`` mask, found inside ``box``
-    (which holds every stream's changes); None for a stream without any."""
-    y0, y1, x0, x1 = box
-    crop = mask[:, 0, y0:y1, x0:x1] > 0
-    rows, cols = crop.any(2).to(torch.uint8), crop.any(1).to(torch.uint8)  # [B, h], [B, w]
-    h, w = rows.shape[1], cols.shape[1]
-    table = torch.stack([rows.amax(1), rows.argmax(1), h - rows.flip(1).argmax(1),
-                         cols.argmax(1), w - cols.flip(1).argmax(1)], 1).tolist()
-    return [(y0 + a, y0 + b, x0 + c, x0 + d) if has else None for has, a, b, c, d in table]
-
-
 def box_union(boxes) -> Box | None:
     boxes = [b for b in boxes if b is not None]
     if not boxes:

@@ -202,50 +202,33 @@ def execute_window(step, ctx, mask):
     mpp = step.macs_per_position
     if cfg["lowering"] == "tiles":
         return _execute_tiles(step, ctx, mask)
-    executed, done = 0, set()  # done: streams recomputed on their box
     if cfg.get("box_conv"):  # Note [Depthwise on the box]: before the dense switch, which it undercuts
-        for s, box in _boxes_worth_it(ctx, step.node, BOX_WASTE, BOX_MAX_SHARE, done, bucketed=True):
-            _conv_on_box(step, ctx, box, s)
-            executed += _area(box) * mpp
-            done.add(s)
-    dense = [s for s in ctx.dense_streams(step.node, ho * wo).tolist() if s not in done]
+        box = _bucketed(ctx.box(step.node), ho, wo)
+        area = (box[1] - box[0]) * (box[3] - box[2])
+        if area <= BOX_MAX_SHARE * ho * wo and area * b <= BOX_WASTE * sum(ctx.stream_counts(step.node)):
+            _conv_on_box(step, ctx, box)
+            return area * b * mpp
+    dense = ctx.dense_streams(step.node, ho * wo)
     # bfloat16 GEMMs compile per shape: they keep the gathered, bucketed rows (Note [Shape buckets])
-    if cfg["identity_taps"] and cfg["lowering"] == "gemm" and not needs_buckets(out.buf.dtype):
-        for s, box in _boxes_worth_it(ctx, step.node, GEMM_BOX_WASTE, 1.0, done.union(dense), bucketed=False):
-            _pointwise_gemm_on_box(step, ctx, box, s)
-            executed += _area(box) * mpp
-            done.add(s)
-    if dense:
-        run_dense_streams(step, ctx, torch.tensor(dense))
+    if cfg["identity_taps"] and cfg["lowering"] == "gemm" and not len(dense) and not needs_buckets(out.buf.dtype):
+        box = ctx.box(step.node)
+        area = (box[1] - box[0]) * (box[3] - box[2])
+        if area * b <= GEMM_BOX_WASTE * sum(ctx.stream_counts(step.node)):
+            _pointwise_gemm_on_box(step, ctx, box)
+            return area * b * mpp
+    executed = 0
+    if len(dense):
+        run_dense_streams(step, ctx, dense)
         executed += len(dense) * ho * wo * mpp
-    skip = done.union(dense)
-    if len(skip) == b:
-        return executed
+        if len(dense) == b:
+            return executed
     pos = ctx.positions(step.node)
-    if skip:
-        pos = pos[~torch.isin(pos // (ho * wo), torch.tensor(sorted(skip)))]
+    if len(dense):
+        pos = pos[~torch.isin(pos // (ho * wo), dense)]
     if len(pos):
         out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos, ctx.box(step.node)))
         executed += len(pos) * mpp
     return executed
-
-
-def _area(box) -> int:
-    return (box[1] - box[0]) * (box[3] - box[2])
-
-
-def _boxes_worth_it(ctx, node, waste: float, max_share: float, skip, bucketed: bool):
-    """(stream, box) for each stream not in ``skip`` whose changed positions fill at least 1/``waste`` of
-    its box (grown to bucket sizes if ``bucketed``), a box of at most ``max_share`` of the map. Each stream
-    has its own box: the union of several streams' boxes is usually too loose."""
-    _, _, ho, wo = ctx.cache(node).shape
-    for s, (box, n) in enumerate(zip(ctx.stream_boxes(node), ctx.stream_counts(node))):
-        if box is None or s in skip:
-            continue
-        if bucketed:
-            box = _bucketed(box, ho, wo)
-        if _area(box) <= max_share * ho * wo and _area(box) <= waste * n:
-            yield s, box
 
 
 # Note [Pointwise GEMM on the box]: a 1x1 conv whose changed positions fill at least 1/GEMM_BOX_WASTE of
@@ -255,14 +238,14 @@ def _boxes_worth_it(ctx, node, waste: float, max_share: float, skip, bucketed: b
 GEMM_BOX_WASTE = 1.3
 
 
-def _pointwise_gemm_on_box(step, ctx, box, s: int):
-    """Recompute a 1x1 conv on output ``box`` of stream ``s`` (Note [Pointwise GEMM on the box])."""
+def _pointwise_gemm_on_box(step, ctx, box):
+    """Recompute a 1x1 conv on output ``box`` of every stream (Note [Pointwise GEMM on the box])."""
     inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
-    _, c_out, h, w = out.shape
+    b, c_out, _, w = out.shape
     y0, y1, x0, x1 = box
     weight_t, bias, res = step.config["weight2d"].t(), step.consts[2], _residual(step)
-    if (x0, x1) == (0, w):
-        rows = slice((s * h + y0) * w, (s * h + y1) * w)
+    if b == 1 and (x0, x1) == (0, w):
+        rows = slice(y0 * w, y1 * w)
         dst = out.buf[rows]
         if bias is None:
             torch.mm(inp.buf[rows], weight_t, out=dst)
@@ -272,10 +255,10 @@ def _pointwise_gemm_on_box(step, ctx, box, s: int):
         if y is not dst:  # an activation without an in-place form (gelu) returned a new tensor
             dst.copy_(y)
         return
-    y = F.linear(inp.nhwc()[s, y0:y1, x0:x1].reshape(-1, inp.shape[1]), step.config["weight2d"], bias)
-    residual = None if res is None else ctx.cache(res).nhwc()[s, y0:y1, x0:x1].reshape(-1, c_out)
+    y = F.linear(inp.nhwc()[:, y0:y1, x0:x1].reshape(-1, inp.shape[1]), step.config["weight2d"], bias)
+    residual = None if res is None else ctx.cache(res).nhwc()[:, y0:y1, x0:x1].reshape(-1, c_out)
     y = _epilogue(step, ctx, y, residual)
-    out.nhwc()[s, y0:y1, x0:x1].copy_(y.view(y1 - y0, x1 - x0, c_out))
+    out.nhwc()[:, y0:y1, x0:x1].copy_(y.view(b, y1 - y0, x1 - x0, c_out))
 
 
 def _bucketed(box, ho: int, wo: int):
@@ -283,8 +266,8 @@ def _bucketed(box, ho: int, wo: int):
     return bucket_span(box[0], box[1], ho) + bucket_span(box[2], box[3], wo)
 
 
-def _conv_on_box(step, ctx, box, s: int):
-    """Recompute output ``box`` (y0, y1, x0, x1) of stream ``s`` with the dense conv on the input crop that
+def _conv_on_box(step, ctx, box):
+    """Recompute output ``box`` (y0, y1, x0, x1) of every stream with the dense conv on the input crop that
     box reads (zero-padded where it reaches outside the image)."""
     inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
     (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw), _ = _geometry(step)
@@ -292,15 +275,15 @@ def _conv_on_box(step, ctx, box, s: int):
     h, w = inp.shape[2:]
     iy0, iy1 = oy0 * sh - pt, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1
     ix0, ix1 = ox0 * sw - pl, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1
-    x = inp.view()[s : s + 1, :, max(iy0, 0) : min(iy1, h), max(ix0, 0) : min(ix1, w)]
+    x = inp.view()[:, :, max(iy0, 0) : min(iy1, h), max(ix0, 0) : min(ix1, w)]
     top, bottom, left, right = max(-iy0, 0), max(iy1 - h, 0), max(-ix0, 0), max(ix1 - w, 0)
     res = _residual(step)
-    residual = None if res is None else ctx.cache(res).view()[s : s + 1, :, oy0:oy1, ox0:ox1]
+    residual = None if res is None else ctx.cache(res).view()[:, :, oy0:oy1, ox0:ox1]
     a = step.node.args
     # zero padding where the crop reaches outside the image: the conv's own when symmetric (no padded copy)
     y = ops.conv2d(x.contiguous(memory_format=torch.channels_last), step.consts[1], step.consts[2], (sh, sw),
                    (top, bottom, left, right), (dh, dw), a[6], a[7], residual)
-    out.nhwc()[s : s + 1, oy0:oy1, ox0:ox1].copy_(y.permute(0, 2, 3, 1))
+    out.nhwc()[:, oy0:oy1, ox0:ox1].copy_(y.permute(0, 2, 3, 1))
 
 
 def _window_rows(step, ctx, pos, box=None):
