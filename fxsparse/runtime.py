@@ -152,6 +152,7 @@ class Engine:
         self._ref_frame = x.clone()
         self._diff: torch.Tensor | None = None  # the per-frame difference's buffer (input_mask)
         self._mirrors: dict[fx.Node, torch.Tensor] = {}  # Note [Output mirrors]
+        self._stale_mirrors: set[fx.Node] = set()  # mirrors to refresh whole (after a dense pass)
         nodes = [n for n in gm.graph.nodes if n.op != "output"]
         self.steps: list[Step] = []
         for node, value in zip(nodes, _graph_returning(gm, nodes)(x)):  # the first frame: every value kept
@@ -483,7 +484,7 @@ class Engine:
             if step.rule.refresh is not None:
                 step.rule.refresh(step, self)
         self.masks = {}
-        self._mirrors = {}
+        self._stale_mirrors = set(self._mirrors)  # refreshed whole, in the same buffers (no page faults)
         return self.dense_stats(mask_in.flatten(1).mean(1, dtype=torch.float32).tolist())
 
     def _all_values_module(self):
@@ -569,8 +570,8 @@ class Engine:
         Note [Output mirrors]: callers get NCHW-contiguous copies, like the dense model's output. Converting
         a channels-last cache to NCHW is a transposing copy (for a 21 x 576 x 768 segmentation map ~25 ms,
         most of a frame); a mirror kept in NCHW and refreshed only inside the output's changed box turns
-        the caller's copy into a plain memcpy. Mirrors are rebuilt after a dense pass and left alone on
-        unchanged frames.
+        the caller's copy into a plain memcpy. Mirrors are refreshed whole after a dense pass (in their own
+        buffers: a fresh 37 MB tensor costs ~10 ms of page faults here) and left alone on unchanged frames.
         """
 
         def one(n):
@@ -578,9 +579,11 @@ class Engine:
             if not isinstance(v, RowCache):
                 return v
             mirror = self._mirrors.get(n)
-            if mirror is None:
-                mirror = self._mirrors[n] = torch.empty(v.shape, dtype=v.buf.dtype)
+            if mirror is None or n in self._stale_mirrors:
+                if mirror is None:
+                    mirror = self._mirrors[n] = torch.empty(v.shape, dtype=v.buf.dtype)
                 v.copy_box_to(mirror, (0, v.shape[2], 0, v.shape[3]))
+                self._stale_mirrors.discard(n)
             elif n in self.masks and (box := self.box(n)) is not None:
                 v.copy_box_to(mirror, box)
             return mirror
