@@ -1,0 +1,59 @@
+"""Note [Direct outputs]: a model output that feeds nothing else and is upsampled from a small input is
+computed straight into its NCHW mirror when it changes everywhere; its rows are rebuilt from the mirror
+before a later frame updates part of it. Every frame still equals the dense model."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxsparse
+from conftest import assert_close_scaled
+
+
+class _Segmenter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(6, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        return F.interpolate(y, scale_factor=4, mode="bilinear", align_corners=False)
+
+
+def _blob(x, y0, x0):
+    x = x.clone()
+    x[:, :, y0 : y0 + 3, x0 : x0 + 3] += 1.0
+    return x
+
+
+def test_direct_output_frames_and_the_partial_frames_after_them_equal_dense():
+    torch.manual_seed(0)
+    net = _Segmenter().eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(1, 3, 32, 40)
+    rows_every_4 = x.clone()
+    rows_every_4[:, :, ::4] += 1.0  # 25% of the pixels: a sparse frame whose cone is the whole output
+    frames = [x, _blob(x, 4, 4), rows_every_4, _blob(rows_every_4, 20, 30), torch.rand(1, 3, 32, 40),
+              None, None]
+    frames[5] = frames[4]  # unchanged
+    frames[6] = _blob(frames[4], 10, 2)
+    seen = []
+    for f in frames:
+        with torch.no_grad():
+            expected = net(f.clone())
+        assert_close_scaled(sm(f), expected)
+        engine = sm._engine
+        (node,) = engine._direct
+        seen.append((sm.stats.dense, node in engine._stale_rows))
+    # the first frame (rows, like every cache), partial (rows), direct in a sparse frame, partial again (rows rebuilt
+    # from the mirror first), dense frame (direct), unchanged (mirror kept), partial
+    assert seen == [(True, False), (False, False), (False, True), (False, False), (True, True), (False, True),
+                    (False, False)]
+
+
+def test_an_output_that_feeds_on_a_large_input_is_not_direct():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    sm = fxsparse.transform(net)
+    sm(torch.rand(1, 3, 16, 16))
+    assert not sm._engine._direct
