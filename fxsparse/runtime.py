@@ -198,6 +198,8 @@ class Engine:
         node = step.node
         if step.kind != "spatial" or node.op != "call_function" or set(node.users) != {self.output_node}:
             return False
+        if not step.rule.exact or step.rule.refresh is not None:  # gates and rules with state keep their path
+            return False
         inputs = node.all_input_nodes
         if not inputs or any(self.values[n] is None or self.kinds[n] not in ("spatial", "const") for n in inputs):
             return False
