@@ -116,11 +116,18 @@ class TuneResult:
     chosen: TunePoint
     curve: list[TunePoint] = field(default_factory=list)
     layer_scales: dict[str, float] = field(default_factory=dict)
+    # each constrained metric between the dense model's consecutive outputs, aggregated like the constraint:
+    # how much the model itself moves from frame to frame on this clip, next to the target asked of fxsparse
+    dense_jitter: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         names = list(self.chosen.metrics)
-        lines = ["| input threshold | scale | executed MACs | " + " | ".join(names) + " | meets target |",
-                 "|---" * (len(names) + 4) + "|"]
+        lines = []
+        if self.dense_jitter:
+            lines.append("dense model, consecutive frames: "
+                         + ", ".join(f"{n} {v:.4f}" for n, v in self.dense_jitter.items()))
+        lines += ["| input threshold | scale | executed MACs | " + " | ".join(names) + " | meets target |",
+                  "|---" * (len(names) + 4) + "|"]
         for p in self.curve:
             mark = "**chosen**" if p is self.chosen else ("yes" if p.ok else "no")
             scale = f"{p.scale:g}" if p.group_scales is None else "groups " + "/".join(f"{g:g}" for g in p.group_scales)
@@ -163,16 +170,31 @@ def evaluate(model, frames: Sequence[torch.Tensor], config: dict, constraints: d
         for name in constraints:
             fn, _ = metric_fns.get(name) or METRICS[name]
             values[name].append(fn(out, dense))
-    agg = {}
-    ok = True
-    for name, target in constraints.items():
-        _, higher = metric_fns.get(name) or METRICS[name]
-        series = values[name]
-        use_mean = name in ("top1", "miou") or name in mean_metrics
-        agg[name] = statistics.mean(series) if use_mean else (min(series) if higher else max(series))
-        ok &= agg[name] >= target if higher else agg[name] <= target
+    agg = _aggregate(values, metric_fns, mean_metrics)
+    ok = all(agg[name] >= target if (metric_fns.get(name) or METRICS[name])[1] else agg[name] <= target
+             for name, target in constraints.items())
     return TunePoint(config.get("input_threshold", 0.0), 0.0, statistics.mean(executed), agg, ok,
                      statistics.median(times[1:]) * 1e3 if timed else None)
+
+
+def _aggregate(values: dict[str, list[float]], metric_fns: dict, mean_metrics=()) -> dict[str, float]:
+    """One number per metric over frames: the mean for agreement shares (top1, miou, ``mean_metrics``), else
+    the worst frame."""
+    agg = {}
+    for name, series in values.items():
+        _, higher = metric_fns.get(name) or METRICS[name]
+        use_mean = name in ("top1", "miou") or name in mean_metrics
+        agg[name] = statistics.mean(series) if use_mean else (min(series) if higher else max(series))
+    return agg
+
+
+def dense_jitter(dense_outputs: Sequence, constraints: dict, metric_fns=None, mean_metrics=()) -> dict[str, float]:
+    """Each constrained metric between consecutive dense outputs (frame i against frame i - 1), aggregated
+    like the constraint: what the dense model's own frame-to-frame change looks like in the metric's terms."""
+    metric_fns = metric_fns or {}
+    values = {name: [(metric_fns.get(name) or METRICS[name])[0](dense_outputs[i], dense_outputs[i - 1])
+                     for i in range(1, len(dense_outputs))] for name in constraints}
+    return _aggregate(values, metric_fns, mean_metrics)
 
 
 def tune(
@@ -252,9 +274,11 @@ def tune(
                 break  # larger scales only add error
     good = [p for p in curve if p.ok]
     if not good:
+        jitter = dense_jitter(dense, constraints, metric_fns, means)
         raise ValueError(
             f"no configuration meets {constraints} on the calibration clip, not even exact mode with the smallest "
-            "input threshold. Hint: check that the model and frames are right, or relax the target."
+            f"input threshold (the dense model itself, frame to frame: {jitter}). "
+            "Hint: check that the model and frames are right, or relax the target."
         )
     key = (lambda p: p.ms) if objective == "time" else (lambda p: p.executed_fraction)
     best = min(good, key=key)
@@ -263,7 +287,7 @@ def tune(
         best, group_scales = _refine_groups(best, layer_scales, refine_groups, scales, base_config, run, key)
     threshold = _thresholds(layer_scales, best.scale, group_scales)
     config = {**(base_config or {}), "input_threshold": best.input_threshold, "threshold": threshold}
-    return TuneResult(config, best, curve, layer_scales)
+    return TuneResult(config, best, curve, layer_scales, dense_jitter(dense, constraints, metric_fns, means))
 
 
 def _depth_groups(layer_scales: dict[str, float], n: int) -> list[list[str]]:

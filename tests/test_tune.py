@@ -32,6 +32,12 @@ def test_tune_meets_its_target_and_cuts_work():
     check = fxsparse.evaluate(net, frames, result.config, {"max_rel_error": 0.05})
     assert check.ok and check.executed_fraction == pytest.approx(result.chosen.executed_fraction)
     assert "chosen" in str(result)
+    # the dense model's own frame-to-frame change, in the constraint's terms, is reported next to the target
+    with torch.no_grad():
+        dense = [net(x) for x in frames]
+    own = max(max_rel_error(dense[i], dense[i - 1]) for i in range(1, len(dense)))
+    assert result.dense_jitter["max_rel_error"] == pytest.approx(own)
+    assert "dense model, consecutive frames: max_rel_error" in str(result)
 
 
 def test_tune_rejects_bad_arguments_and_impossible_targets():
