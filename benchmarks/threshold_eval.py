@@ -169,12 +169,14 @@ def part_b(clip_name, frames, calibration, model, base_config, refine_groups=0):
         "top1_agreement": statistics.mean(agree), "mean_rel_logit_error": statistics.mean(err),
         "max_rel_logit_error": max(err), "executed_fraction": statistics.mean(work),
         "global_vector_refresh": {k: f"{v}/{len(held) - 1}" for k, v in refresh.items()},
+        "dense_jitter": result.dense_jitter,
         "curve": [{"input_threshold": round(p.input_threshold * 255), "scale": p.scale, "group_scales": p.group_scales,
                    "executed": p.executed_fraction, **p.metrics, "ok": p.ok} for p in result.curve],
     }
     print(f"B  {clip_name} {base_config}: tau {row['chosen_input_threshold']}/255 scale {row['chosen_scale']} -> "
           f"held-back top1 {row['top1_agreement']:.3f}, logit err {row['mean_rel_logit_error']:.4f}, "
-          f"executed {row['executed_fraction']:.1%}, speedup {row['speedup']:.2f}x vs {dense_name}", flush=True)
+          f"executed {row['executed_fraction']:.1%}, speedup {row['speedup']:.2f}x vs {dense_name}; dense model "
+          f"frame to frame: {result.dense_jitter}", flush=True)
     return row
 
 
@@ -255,13 +257,14 @@ def part_c(frames, calibration):
                "held_back_frames": len(held) - 1, "face_iou_mean": statistics.mean(ious), "face_iou_min": min(ious),
                "executed_fraction": statistics.mean(work), "dense_baseline": dense_name,
                "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
+               "dense_jitter": result.dense_jitter,
                "curve": [{"input_threshold": round(p.input_threshold * 255), "scale": p.scale,
                           "executed": p.executed_fraction, **p.metrics, "ok": p.ok} for p in result.curve]}
         rows.append(row)
         print(f"C  PNet carphone {policy}: tau {row['chosen_input_threshold']}/255 scale {row['chosen_scale']} -> held-back "
               f"face IoU mean {row['face_iou_mean']:.3f} min {row['face_iou_min']:.3f}, executed "
-              f"{row['executed_fraction']:.1%}, {row['sparse_ms']:.1f} vs {row['dense_ms']:.1f} ms: {row['speedup']:.2f}x",
-              flush=True)
+              f"{row['executed_fraction']:.1%}, {row['sparse_ms']:.1f} vs {row['dense_ms']:.1f} ms: {row['speedup']:.2f}x; "
+              f"dense model frame to frame: {result.dense_jitter}", flush=True)
     return rows
 
 
