@@ -204,3 +204,23 @@ def test_window_max_equals_max_pool(kernel, stride, dilation):
     for shape in [(1, 1, 23, 31), (2, 1, 9, 12), (1, 1, 11, 11)]:
         m = (torch.rand(shape, generator=g) > 0.85).float()
         assert torch.equal(window_max(m, kernel, stride, dilation), F.max_pool2d(m, kernel, stride, 0, dilation))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_min_area_inside_the_box_equals_labelling_the_whole_frame(seed):
+    """The blob filter labels only the box of each stream's changes: same result as the whole frame."""
+    import numpy as np
+    from scipy import ndimage
+
+    from fxsparse.input_policy import InputPolicy
+
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(3, 1, 30, 40, generator=g) < 0.15).float()
+    mask[1] = 0  # a stream without changes
+    mask[2, 0, 5:12, 8:20] = 1  # a large blob among specks
+    got = InputPolicy(min_area=6)._drop_small(mask)
+    for b in range(3):
+        labels, n = ndimage.label(mask[b, 0].numpy() > 0, structure=np.ones((3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = (sizes >= 6)[labels] & (labels > 0)
+        assert torch.equal(got[b, 0] > 0, torch.from_numpy(keep)), b
