@@ -106,3 +106,21 @@ def test_warns_when_the_cpu_has_no_native_bfloat16(monkeypatch):
     monkeypatch.setattr(transform_module, "_native_bfloat16", lambda: False)
     with pytest.warns(RuntimeWarning, match="emulated"):
         fxsparse.transform(_net(), dtype=torch.bfloat16)
+
+
+def test_bfloat16_segmenter_head_with_sparse_and_direct_upsampling():
+    """A bilinear upsample in bfloat16: its float32 tap weights must not leak into the bfloat16 cache (a
+    small change runs its gathered taps; a change everywhere runs it straight into the output)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2, padding=1),
+                        nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False)).eval()
+    sm = fxsparse.transform(net, dtype=torch.bfloat16)
+    x = torch.rand(1, 3, 32, 40)
+    every_4th_row = x.clone()
+    every_4th_row[:, :, ::4] += 1.0
+    small = every_4th_row.clone()
+    small[:, :, 20:23, 30:33] += 1.0
+    for f in (x, small, every_4th_row, small):
+        out = sm(f)
+        with torch.no_grad():
+            assert out.dtype == torch.float32 and _rel_err(out, net(f)) < BF16_REL

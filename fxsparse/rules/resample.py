@@ -99,7 +99,7 @@ def execute_interpolate(step, ctx, mask):
             src = (b * h + ri[y, i]) * w + ci[x, j]
             term = inp.buf.index_select(0, src) * (rw[y, i] * cw[x, j]).unsqueeze(1)
             acc = term if acc is None else acc + term
-    out.buf.index_copy_(0, pos, acc)
+    out.buf.index_copy_(0, pos, acc.to(out.buf.dtype))  # tap weights are float32: bfloat16 rows promote
     return 0
 
 
