@@ -448,7 +448,8 @@ class Engine:
         full = full_streams is not None and len(full_streams) > 0
         if not full and largest <= threshold:
             return None  # a static scene: decided by the one reduction, no mask is made
-        mask = torch.gt(diff, threshold, out=torch.empty_like(diff))  # float 0/1 in one pass
+        # float32 0/1 in one pass, whatever the compute dtype: every mask is float32 (Note [Change rules])
+        mask = torch.gt(diff, threshold, out=torch.empty(diff.shape))
         if policy is not None and policy.active:
             mask = policy.apply(mask)
             if not full and not bool(mask.any()):
@@ -819,7 +820,7 @@ class SparseModule(nn.Module):
         expected = (engine.batch, 1) + engine.frame_shape[1:]
         if tuple(mask.shape) != expected:
             raise InputError(f"mask of shape {tuple(mask.shape)}; expected {expected} ([B, 1, H, W] of the streams).")
-        return engine.step_frame(None, mask.to(self._dtype), self.input_threshold)
+        return engine.step_frame(None, mask.float(), self.input_threshold)
 
     def change_masks(self) -> dict[str, torch.Tensor]:
         """The change mask of every node in the last call (``[B, 1, H, W]`` or ``[B, 1]``), by node name.

@@ -80,3 +80,28 @@ def test_sparse_lowering_equals_dense(case, tile):
         with torch.no_grad():
             expected = model(x.clone())
         assert_close_scaled(sm(x), expected, case.name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_rule_runs_in_bfloat16(case):
+    """transform(dtype=torch.bfloat16) through every rule, on sparse and full changes: float32 outputs within
+    bfloat16 rounding of the float32 model (masks stay float32 whatever the compute dtype; a bfloat16
+    input mask once broke conv_transpose2d's footprint, float32 tap weights the bilinear upsample)."""
+    model, sm = _transform(case, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(case.shape, generator=g)
+    b, _, h, w = case.shape
+    frames = [x]
+    for y0, x0 in [(h // 2, w // 2), (0, 0)]:
+        x = x.clone()
+        x[..., y0, x0] += 1.0
+        frames.append(x)
+    frames.append(torch.rand(case.shape, generator=g))
+    for f in frames:
+        out = _flat(sm(f))
+        with torch.no_grad():
+            ref = _flat(model(f.clone()))
+        for o, r in zip(out, ref):
+            if r.is_floating_point() and r.numel():
+                assert o.dtype == r.dtype, case.name
+                assert float((o - r).abs().max()) <= 0.03 * float(r.abs().max()) + 1e-3, case.name
