@@ -174,8 +174,6 @@ class Engine:
         for chain in self.chains:
             self._install_chain(chain)
         self._direct = {step.node: step for step in self.steps if self._is_direct_output(step)}
-        for step in self._direct.values():  # coverage() says so
-            step.config["lowering"] = step.config.get("lowering", "positions") + "; all changed: straight to the output"
         self._stale_rows: set[fx.Node] = set()  # direct outputs whose mirror is newer than their rows
 
     def _install_chain(self, chain) -> None:
@@ -655,7 +653,8 @@ class Engine:
                     step.op,
                     step.rule.name,
                     step.config.get("lowering", "rows" if step.kind == "rows" else "positions")
-                    + (f", dense above {self.switches[step.node]:.0%}" if step.node in self.switches else ""),
+                    + (f", dense above {self.switches[step.node]:.0%}" if step.node in self.switches else "")
+                    + ("; all changed: straight to the output" if step.node in self._direct else ""),
                     step.fallback_reason,
                 )
             )

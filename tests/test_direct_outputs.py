@@ -57,3 +57,27 @@ def test_an_output_that_feeds_on_a_large_input_is_not_direct():
     sm = fxsparse.transform(net)
     sm(torch.rand(1, 3, 16, 16))
     assert not sm._engine._direct
+
+
+def test_a_direct_output_keeps_its_lowering_when_it_runs_the_rule():
+    """With the dense switch off a direct output runs its own rule: its lowering must be untouched (a
+    coverage label once overwrote it; found by the property test on a conv over a 1x1 resize)."""
+    torch.manual_seed(0)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 2, padding=2, bias=False)
+
+        def forward(self, x):
+            return self.conv(F.interpolate(x, size=(1, 1), mode="nearest"))
+
+    net = Head().eval()
+    sm = fxsparse.transform(net, dense_switch=2.0)
+    x = torch.rand(1, 3, 4, 4)
+    for f in (x, x + 0.5):
+        with torch.no_grad():
+            expected = net(f.clone())
+        assert_close_scaled(sm(f), expected)
+    assert sm._engine._direct
+    assert "straight to the output" in str(sm.coverage())
