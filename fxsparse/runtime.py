@@ -214,8 +214,10 @@ class Engine:
             v = self.values[a]
             return v.view().contiguous() if isinstance(v, RowCache) else v
 
-        y = node.target(*fx.node.map_arg(node.args, nchw), **fx.node.map_arg(node.kwargs, nchw))
-        self._mirrors[node] = y.contiguous()
+        args, kwargs = fx.node.map_arg(node.args, nchw), fx.node.map_arg(node.kwargs, nchw)
+        mirror = self._mirrors.get(node)
+        if not (node.target is ops.interpolate and mirror is not None and ops.interpolate_into(mirror, *args, **kwargs)):
+            self._mirrors[node] = node.target(*args, **kwargs).contiguous()
         self._stale_mirrors.discard(node)
         self._stale_rows.add(node)
         self.values[node].release()  # the mirror holds the value now

@@ -81,3 +81,40 @@ def test_a_direct_output_keeps_its_lowering_when_it_runs_the_rule():
         assert_close_scaled(sm(f), expected)
     assert sm._engine._direct
     assert "straight to the output" in str(sm.coverage())
+
+
+def test_interpolate_into_writes_what_interpolate_returns():
+    """ops.interpolate_into must give F.interpolate's values bit for bit, for every way of sizing."""
+    from fxsparse import ops
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 9, 12)
+    for mode, align in (("bilinear", False), ("bilinear", True), ("nearest", None)):
+        for size, scale, recompute in (((36, 50), None, None), (None, 4, None), (None, 2.7, None), (None, 2.7, True),
+                                       (None, (1.5, 3.1), False)):
+            expected = F.interpolate(x, size=size, scale_factor=scale, mode=mode, align_corners=align,
+                                     recompute_scale_factor=recompute)
+            out = torch.full(expected.shape, float("nan"))
+            assert ops.interpolate_into(out, x, size, scale, mode, align, recompute)
+            assert torch.equal(out, expected), (mode, align, size, scale, recompute)
+    assert not ops.interpolate_into(torch.empty(2, 5, 18, 24), x, None, 2, "bicubic", False, None)
+
+
+def test_dense_frames_write_a_direct_output_into_the_same_mirror():
+    """A fully changed frame recomputes the segmentation map in its existing mirror (a fresh map costs
+    page faults on every frame), and the caller's copy is still the dense model's answer."""
+    torch.manual_seed(0)
+    net = _Segmenter().eval()
+    sm = fxsparse.transform(net)
+    frames = [torch.rand(1, 3, 32, 40) for _ in range(4)]
+    pointers = []
+    for f in frames:
+        with torch.no_grad():
+            expected = net(f.clone())
+        out = sm(f)
+        assert_close_scaled(out, expected)
+        (node,) = sm._engine._direct
+        mirror = sm._engine._mirrors[node]
+        assert out.data_ptr() != mirror.data_ptr()  # the caller owns a copy
+        pointers.append(mirror.data_ptr())
+    assert sm.stats.dense and len(set(pointers)) == 1
