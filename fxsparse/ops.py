@@ -161,7 +161,7 @@ def interpolate_into(out, x, size, scale_factor, mode, align_corners, recompute_
         s = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
         scales = (float(s[0]), float(s[1]))
     if mode == "bilinear":
-        torch._C._nn.upsample_bilinear2d(x, hw, align_corners, *scales, out=out)
+        torch._C._nn.upsample_bilinear2d(x, hw, bool(align_corners), *scales, out=out)  # None: False, as there
     else:
         torch._C._nn.upsample_nearest2d(x, hw, *scales, out=out)
     return True

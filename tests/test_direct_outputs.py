@@ -89,7 +89,7 @@ def test_interpolate_into_writes_what_interpolate_returns():
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 9, 12)
-    for mode, align in (("bilinear", False), ("bilinear", True), ("nearest", None)):
+    for mode, align in (("bilinear", False), ("bilinear", True), ("bilinear", None), ("nearest", None)):
         for size, scale, recompute in (((36, 50), None, None), (None, 4, None), (None, 2.7, None), (None, 2.7, True),
                                        (None, (1.5, 3.1), False)):
             expected = F.interpolate(x, size=size, scale_factor=scale, mode=mode, align_corners=align,
