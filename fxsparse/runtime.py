@@ -164,6 +164,7 @@ class Engine:
             if node.op in ("placeholder", "output", "get_attr") or self.kinds[node] == "const":
                 continue
             self.steps.append(self._compile(node))
+        self._step_of = {step.node: step for step in self.steps}
         for step in self.steps:
             step.rule.prepare(step, self)
         if self.auto_switch:
@@ -283,6 +284,10 @@ class Engine:
         return node.meta.get("fxsparse_name", node.name)
 
     # -- the context rules use -----------------------------------------------------
+
+    def step_of(self, node: fx.Node) -> Step | None:
+        """The compiled step of ``node`` (None for the input, constants and outputs)."""
+        return self._step_of.get(node)
 
     def cache(self, node: fx.Node) -> RowCache:
         return self.values[node]

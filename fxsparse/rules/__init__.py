@@ -46,6 +46,8 @@ class ChangeRule:
         exact: the sparse result equals the dense op's (up to float reassociation).
         refresh: optional ``(step, ctx) -> None``: re-derive state the rule keeps besides the caches
             (running sums) after the engine refilled every cache with a dense pass.
+        covers: optional ``(step, ctx) -> [input nodes]``: inputs whose change mask lies inside the
+            step's own on every frame, known from the geometry (Note [Residual inside]).
     """
 
     name: str
@@ -57,6 +59,7 @@ class ChangeRule:
     calibrate: Callable | None = None
     exact: bool = True
     refresh: Callable | None = None
+    covers: Callable | None = None
 
 
 def register_change_rule(*targets, rule: ChangeRule, registry: dict | None = None) -> ChangeRule:

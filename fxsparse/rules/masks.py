@@ -123,3 +123,14 @@ def spatial_union(ctx, node, inputs, out_shape) -> torch.Tensor:
         for m in parts:
             torch.maximum(region, m[:, :, y0:y1, x0:x1], out=region)
     return out
+
+
+def mask_contains(ctx, a, b, depth: int = 8) -> bool:
+    """Is node ``b``'s change mask inside node ``a``'s on every frame? Decided from the graph, by the rules'
+    ``covers`` (Note [Residual inside]); False when unsure (a gate, an op without ``covers``, deep paths)."""
+    if a is b:
+        return True
+    step = ctx.step_of(a)
+    if depth == 0 or step is None or step.rule.covers is None:
+        return False
+    return any(mask_contains(ctx, n, b, depth - 1) for n in step.rule.covers(step, ctx))

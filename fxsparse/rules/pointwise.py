@@ -132,9 +132,18 @@ def pointwise_applies(step):
     return None
 
 
+def covers_pointwise(step, ctx) -> list:
+    """A spatial union contains the mask of every input of its own size (Note [Residual inside])."""
+    if step.kind != "spatial":
+        return []
+    return [n for n in step.tensor_inputs
+            if ctx.kind(n) == "spatial" and tuple(ctx.cache(n).shape[2:]) == tuple(step.shape[2:])]
+
+
 def pointwise_rule(name: str) -> ChangeRule:
     """The pointwise family's rule under a report name (one per op, same behaviour)."""
-    return ChangeRule(name, propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies)
+    return ChangeRule(name, propagate_pointwise, execute_pointwise, prepare_pointwise, pointwise_applies,
+                      covers=covers_pointwise)
 
 
 for _op, _name in [
