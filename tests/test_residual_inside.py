@@ -77,9 +77,9 @@ def test_residual_inside_is_decided_from_the_graph_and_frames_stay_exact(net, in
 
 
 def test_mobilenet_v2_blocks_all_share_their_mask():
-    from torchvision.models import mobilenet_v2
+    models = pytest.importorskip("torchvision.models")
 
-    sm = fxsparse.transform(mobilenet_v2().eval())
+    sm = fxsparse.transform(models.mobilenet_v2().eval())
     with torch.inference_mode():
         sm(torch.rand(1, 3, 64, 64))
     steps = _residual_steps(sm)
