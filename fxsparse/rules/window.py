@@ -188,26 +188,35 @@ def prepare_window(step, ctx):
         cfg["divisor"] = _avg_divisor(step, inp.shape[2:], (ho, wo)).view(-1)
 
 
-def calibrate_window(step, ctx, probe: float = 0.1, repeats: int = 3) -> float:
+def calibrate_window(step, ctx, probes: tuple[float, float] = (0.02, 0.2), repeats: int = 3) -> float:
     """Changed share at which this layer's sparse lowering costs as much as its dense op, measured here.
 
-    Times the lowering on a probe of ``probe`` of one stream's positions and the dense op on one stream
-    (medians of ``repeats``); assumes the sparse cost grows linearly with the number of positions.
+    Times the lowering on two probes (``probes`` of one stream's positions) and the dense op on one stream
+    (medians of ``repeats``), and fits the sparse cost as fixed + per position: a layer whose fixed cost
+    (mask bookkeeping, index building, a handful of small calls) is most of its dense op's cost - the
+    depthwise convs of a small late map - switches early; a GEMM whose cost grows with the positions late.
+    A line through the origin from one probe charged the fixed cost to every position and switched
+    resnet50's layers too early (docs/performance.md).
     """
     if step.config.get("lowering") == "tiles":
         return ctx.dense_switch
     out = ctx.cache(step.node)
     b, _, ho, wo = out.shape
     total = ho * wo
-    pos = torch.arange(min(total, max(16, int(probe * total))))
+    sizes = sorted({min(total, max(16, int(p * total))) for p in probes})
 
-    def sparse():
+    def sparse(pos):
         out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos))  # rewrites the values it already holds
 
+    times = [median_seconds(lambda pos=torch.arange(n): sparse(pos), repeats) for n in sizes]
     streams = None if b == 1 else torch.tensor([0])
-    t_sparse = median_seconds(sparse, repeats)
     t_dense = median_seconds(lambda: ctx.run_dense(step, streams), repeats)
-    return float(min(1.0, max(0.0, t_dense / (t_sparse / len(pos) * total))))
+    if len(sizes) == 1:  # a map smaller than the probes: one point, through the origin
+        per_position, fixed = times[0] / sizes[0], 0.0
+    else:
+        per_position = max((times[1] - times[0]) / (sizes[1] - sizes[0]), 1e-12)
+        fixed = max(times[0] - per_position * sizes[0], 0.0)
+    return float(min(1.0, max(0.0, (t_dense - fixed) / (per_position * total))))
 
 
 def run_dense_streams(step, ctx, streams):
