@@ -8,8 +8,16 @@ changed positions alone: ``sum += new_rows - old_rows``. The old rows must be
 read before the producer overwrites them, so the rule registers a
 ``before_write`` hook on its producer; the runtime calls it between the
 producer's mask propagation and its execution. Sums are kept in float64 so
-thousands of incremental updates do not drift. A stream with most of its
-positions changed is summed afresh.
+thousands of incremental updates do not drift.
+
+Summing afresh is one float32 pass over the map, and cheap: on this project's
+machine a gathered, float64 incremental update (old and new rows) costs ~45 us
+plus ~10x the plain sum per element (measured on [C, H, W] maps from
+[1280, 18, 24] to [72, 144, 192]). It won only on maps of 2^20 elements or more
+with under 5% of the positions changed ([72, 144, 192] at 1%: 72 vs 296 us;
+at 5%: 205 vs 297; at 10%: 435 vs 297), so only those update incrementally
+(MobileNetV2's final [1280, 18, 24] pool at 40% changed: 0.35 ms incremental,
+0.03 ms afresh).
 """
 
 from __future__ import annotations
@@ -45,13 +53,25 @@ def refresh_mean(step, ctx):
     step.state["old"] = None
 
 
+# Note [Incremental mean]: where an incremental update beats summing afresh (measured)
+INCREMENTAL_MIN_MAP = 1 << 20  # elements of one stream's map
+INCREMENTAL_MAX_SHARE = 0.05  # of the changed streams' positions
+
+
+def incremental_pays(counts: list[int], hw: int, channels: int) -> bool:
+    """Is updating the sums from ``counts`` changed positions per stream cheaper than summing the changed
+    streams afresh (Note [Incremental mean])?"""
+    changed, streams = sum(counts), sum(1 for c in counts if c)
+    return hw * channels >= INCREMENTAL_MIN_MAP and changed < INCREMENTAL_MAX_SHARE * streams * hw
+
+
 def prepare_mean(step, ctx):
     x = ctx.cache(step.node.args[0])
     b, c, h, w = x.shape
     refresh_mean(step, ctx)
 
     def before_write(mask):
-        if sum(ctx.stream_counts(step.node.args[0])) <= ctx.dense_switch * x.positions:
+        if incremental_pays(ctx.stream_counts(step.node.args[0]), h * w, c):
             pos = ctx.positions(step.node.args[0])
             step.state["old"] = _stream_sums(x.buf.index_select(0, pos), pos, h * w, b)
         else:
