@@ -208,7 +208,8 @@ def calibrate_window(step, ctx, probes: tuple[float, float] = (0.02, 0.2), repea
     def sparse(pos):
         out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos))  # rewrites the values it already holds
 
-    times = [median_seconds(lambda pos=torch.arange(n): sparse(pos), repeats) for n in sizes]
+    probe_positions = [torch.arange(n) for n in sizes]
+    times = [median_seconds(lambda pos=pos: sparse(pos), repeats) for pos in probe_positions]
     streams = None if b == 1 else torch.tensor([0])
     t_dense = median_seconds(lambda: ctx.run_dense(step, streams), repeats)
     if len(sizes) == 1:  # a map smaller than the probes: one point, through the origin
