@@ -87,6 +87,8 @@ def run_frames(frames: Iterable[torch.Tensor], model, *, mode="exact", threshold
     written so far is complete (the caller closes ``writer``; each JSON line is flushed as written).
     """
     runner = make_runner(model.eval(), mode, threshold, transform_options)
+    if hasattr(runner, "copy_outputs"):
+        runner.copy_outputs = False  # each output is rendered and compared before the next frame
     summary = RunSummary(sparse_energy=EnergyMeter(watts_per_core), fps=fps)
     summary.dense_energy = EnergyMeter(watts_per_core) if compare_dense else None
     size = None

@@ -704,13 +704,14 @@ class SparseModule(nn.Module):
 
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
                  dense_switch: float | str = 0.5, in_channels: int | None = None, input_policy=None,
-                 frame_dtype: torch.dtype | None = None, fuse_chains: bool = False):
+                 frame_dtype: torch.dtype | None = None, fuse_chains: bool = False, copy_outputs: bool = True):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)
         self.tile_size = int(tile_size)
         self.dense_switch = dense_switch
         self.fuse_chains = fuse_chains
+        self.copy_outputs = copy_outputs  # False: callers get the output buffers themselves (transform's doc)
         self.input_policy = input_policy
         self.in_channels = in_channels
         self._engine: Engine | None = None
@@ -744,6 +745,8 @@ class SparseModule(nn.Module):
                 return v
             if v.is_floating_point() and v.dtype != out_dtype:
                 return v.to(dtype=out_dtype, memory_format=torch.contiguous_format)
+            if not self.copy_outputs:
+                return v  # the buffer itself: updated by the next call; callers must not modify it
             return v.clone(memory_format=torch.contiguous_format)
 
         with torch.no_grad():

@@ -118,3 +118,22 @@ def test_dense_frames_write_a_direct_output_into_the_same_mirror():
         assert out.data_ptr() != mirror.data_ptr()  # the caller owns a copy
         pointers.append(mirror.data_ptr())
     assert sm.stats.dense and len(set(pointers)) == 1
+
+
+def test_copy_outputs_false_hands_out_the_output_buffers_read_only():
+    """transform(copy_outputs=False): no per-frame copy of the map; the buffer is the module's own, valid until
+    the next call. (It is an inference tensor, but torch's in-place check raises only after the kernel has
+    written: callers must not modify it, which the docs say.)"""
+    torch.manual_seed(0)
+    net = _Segmenter().eval()
+    sm = fxsparse.transform(net, copy_outputs=False)
+    x = torch.rand(1, 3, 32, 40)
+    pointers = []
+    for f in (x, _blob(x, 4, 4), _blob(x, 20, 30), torch.rand(1, 3, 32, 40)):
+        out = sm(f)
+        with torch.no_grad():
+            assert_close_scaled(out, net(f.clone()))
+        pointers.append(out.data_ptr())
+        assert out.argmax(1).shape == (1, 32, 40)  # functional use works as on any tensor
+    assert len(set(pointers)) == 1  # the same buffer, updated in place
+    assert fxsparse.transform(net)(x).data_ptr() != sm(x).data_ptr()
