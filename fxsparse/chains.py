@@ -26,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import ops
 from .kernels import tiles as T
-from .kernels.buckets import bucket, pad_index
+from .kernels.buckets import bucket, bucket_span, pad_index
 from .rules import get_change_rule
 
 
@@ -102,8 +103,16 @@ def _build(run, tile_size: int) -> Chain:
     # small maps get small tiles: an 8x8 tile (10x10 with its halo) covers a third of a 36x48 map
     edge = min(tile_size, max(2, min(ho, wo) // 8))
     tile = (min(edge, ho), min(edge, wo))
-    # walk back from the output tile: each level's window start is affine in the tile origin
-    levels = [Level((1, 1), (0, 0), tile, (ho, wo))]
+    levels = _levels(run, tile)
+    frame_macs = sum(s.macs_per_position * s.shape[2] * s.shape[3] for s in run)
+    return Chain(list(run), tile, levels, _window_macs(run, levels), frame_macs)
+
+
+def _levels(run, window: tuple[int, int]) -> list[Level]:
+    """Geometry of every level for an output window of ``window`` positions: walking back from the
+    output, each level's window start is affine in the output window's origin."""
+    _, _, ho, wo = run[-1].shape
+    levels = [Level((1, 1), (0, 0), window, (ho, wo))]
     for step in reversed(run):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _conv_geometry(step)
         out = levels[0]
@@ -114,9 +123,12 @@ def _build(run, tile_size: int) -> Chain:
             ((out.window[0] - 1) * sh + (kh - 1) * dh + 1, (out.window[1] - 1) * sw + (kw - 1) * dw + 1),
             (h, w),
         ))
-    tile_macs = sum(s.macs_per_position * lv.window[0] * lv.window[1] for s, lv in zip(run, levels[1:]))
-    frame_macs = sum(s.macs_per_position * s.shape[2] * s.shape[3] for s in run)
-    return Chain(list(run), tile, levels, tile_macs, frame_macs)
+    return levels
+
+
+def _window_macs(run, levels) -> int:
+    """MACs of one output window through the chain, halos included."""
+    return sum(s.macs_per_position * lv.window[0] * lv.window[1] for s, lv in zip(run, levels[1:]))
 
 
 def _inside(level: Level, oy, ox):
@@ -177,15 +189,62 @@ def run_tiles(chain: Chain, ctx, b, oy, ox) -> int:
     return macs
 
 
+def run_box(chain: Chain, ctx, box, levels) -> int:
+    """The chain on output ``box`` of every stream: one window, convs on whole crops (Note [Chains on a box])."""
+    y0, y1, x0, x1 = box
+    first = levels[0]
+    iy0, ix0 = y0 * first.stride[0] - first.offset[0], x0 * first.stride[1] - first.offset[1]
+    iy1, ix1 = iy0 + first.window[0], ix0 + first.window[1]
+    h, w = first.hw
+    z = ctx.cache(chain.input_node).view()[:, :, max(iy0, 0) : min(iy1, h), max(ix0, 0) : min(ix1, w)]
+    pad = (max(-ix0, 0), max(ix1 - w, 0), max(-iy0, 0), max(iy1 - h, 0))
+    z = F.pad(z, pad) if any(pad) else z  # zeros outside the image, as the first conv's own padding reads
+    z = z.contiguous(memory_format=torch.channels_last)
+    oy, ox = torch.tensor([y0]), torch.tensor([x0])
+    macs, no_pad, batch = 0, (0, 0, 0, 0), z.shape[0]
+    for i, step in enumerate(chain.steps):
+        if i == len(chain.steps) - 1:
+            residual = None
+            if len(step.node.args) > 8:
+                residual = ctx.cache(step.node.args[8]).view()[:, :, y0:y1, x0:x1]
+                residual = residual.contiguous(memory_format=torch.channels_last)
+            z = _conv(step, z, no_pad, residual)
+            ctx.cache(step.node).nhwc()[:, y0:y1, x0:x1].copy_(z.permute(0, 2, 3, 1))
+        else:
+            z = _conv(step, z, no_pad)
+            inside = _inside(levels[i + 1], oy, ox)
+            if inside is not None:  # the next conv must read zero padding outside this layer's image
+                z = z.mul_(inside.to(z.dtype))
+        macs += step.macs_per_position * batch * z.shape[2] * z.shape[3]
+    return macs
+
+
+# Note [Chains on a box]: a block whose changes sit in one compact box runs as one crop of the chain input
+# (the box plus the chain's composed halo) through every conv, as whole-crop dense convs: one call per
+# conv, no gathered tiles. Chosen when its MACs, halos included, are at most BOX_OVER_TILES times those
+# of the tiles (oneDNN runs one large crop far better than a batch of small windows).
+BOX_OVER_TILES = 2.0
+
+
 def execute(chain: Chain, ctx, mask) -> int:
-    """Recompute the chain's changed output tiles (or all of it, above the dense switch)."""
+    """Recompute the chain's changed output: on one box, on tiles, or all of it above the dense switch."""
     out_step = chain.output_step
     th, tw = chain.tile
     b, oy, ox = T.active_tiles(mask, th, tw)
     if not len(b):
         return 0
     n = bucket(len(b))  # repeat tile 0 up to a bucketed count: oneDNN compiles per shape (Note [Shape buckets])
-    if n * chain.tile_macs > ctx.switch(out_step.node) * out_step.shape[0] * chain.frame_macs:
+    tile_macs = n * chain.tile_macs
+    dense_macs = ctx.switch(out_step.node) * out_step.shape[0] * chain.frame_macs
+    box = ctx.box(out_step.node)
+    if box is not None:
+        _, _, ho, wo = out_step.shape
+        box = bucket_span(box[0], box[1], ho) + bucket_span(box[2], box[3], wo)
+        levels = _levels(chain.steps, (box[1] - box[0], box[3] - box[2]))
+        box_macs = out_step.shape[0] * _window_macs(chain.steps, levels)
+        if box_macs <= BOX_OVER_TILES * tile_macs and box_macs <= dense_macs:
+            return run_box(chain, ctx, box, levels)
+    if tile_macs > dense_macs:
         return run_dense(chain, ctx)  # the tiles and their halos would cost more than the switch's share
     b, oy, ox = (pad_index(t, n) for t in (b, oy, ox))
     return run_tiles(chain, ctx, b, oy, ox)

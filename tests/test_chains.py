@@ -90,3 +90,40 @@ def test_chains_free_inner_caches_and_keep_stats_honest():
     assert fused.stats.macs_cone <= fused.stats.macs_executed < fused.stats.macs_dense
     lowerings = {e.name: e.lowering for e in fused.coverage().entries}
     assert sum("chain 1/3" in v for v in lowerings.values()) == 2
+
+
+def test_compact_changes_run_the_chain_on_one_box(monkeypatch):
+    """Note [Chains on a box]: a small moving square (at the border too) runs each chain as one crop; every
+    frame equals dense, and scattered changes still take the tiles."""
+    from fxsparse import chains
+
+    calls = {"box": 0, "tiles": 0}
+    real_box, real_tiles = chains.run_box, chains.run_tiles
+
+    def box(*a):
+        calls["box"] += 1
+        return real_box(*a)
+
+    def tiles(*a):
+        calls["tiles"] += 1
+        return real_tiles(*a)
+
+    monkeypatch.setattr(chains, "run_box", box)
+    monkeypatch.setattr(chains, "run_tiles", tiles)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Block(8, 4, 3, 1, 1, 1, True, True),
+                        Block(8, 2, 3, 2, 1, 1, True, False)).eval()
+    fused = fxsparse.transform(net, fuse_chains=True)
+    x = torch.rand(1, 3, 64, 96)
+    frames = [x]
+    for y0, x0 in ((10, 12), (0, 0), (60, 92), (20, 30)):  # interior, both corners (image padding), interior
+        f = frames[-1].clone()
+        f[:, :, y0 : y0 + 4, x0 : x0 + 4] += 1.0
+        frames.append(f)
+    scattered = frames[-1].clone()
+    scattered[:, :, 2::58, 3::88] += 1.0  # four pixels near the corners: one box would be the whole map
+    frames.append(scattered)
+    for f in frames:
+        with torch.no_grad():
+            assert_close_scaled(fused(f), net(f))
+    assert calls["box"] >= 8 and calls["tiles"] >= 1
