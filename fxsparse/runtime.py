@@ -778,7 +778,13 @@ class SparseModule(nn.Module):
                 self._engine = None  # its caches were released for the pass: the next frame starts over
                 raise
         else:
-            self.stats = engine.step_frame(x, mask, self.input_threshold)
+            try:
+                self.stats = engine.step_frame(x, mask, self.input_threshold)
+            except BaseException:
+                # the reference and the layers before the failure hold this frame, the rest the last one:
+                # the next frame would compute against a mix. Start the streams over instead.
+                self._engine = None
+                raise
         return engine.outputs()
 
     def reset(self, streams=None) -> None:

@@ -1,6 +1,8 @@
 """Note [Dense frames]: a frame where more than ``dense_switch`` of every stream changed runs the graph once
 and refills every cache."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -129,3 +131,28 @@ def test_one_stream_below_the_switch_keeps_the_per_layer_path():
     y[0] += 1.0  # stream 0 fully changed, stream 1 not at all
     sm(y)
     assert not sm.stats.dense
+
+
+def test_an_interrupted_sparse_frame_starts_the_streams_over():
+    """A layer walk stopped half way (an error, Ctrl-C) leaves the reference and the early layers on the new
+    frame and the later ones on the old: the next frame must start over, not compute against that mix."""
+    torch.manual_seed(0)
+    net = SqueezeExcite(4).eval()
+    sm = fxsparse.transform(net)
+    frames = moving_object_frames(1, 24, 32, 4, seed=5)
+    sm(frames[0])
+    step = sm._engine.steps[0]  # the first conv: the layers after it would keep the last frame
+    real = step.rule
+    failures = [RuntimeError("interrupted")]
+
+    def interrupted_once(step, ctx, mask):
+        if failures:
+            raise failures.pop()
+        return real.execute(step, ctx, mask)
+
+    step.rule = dataclasses.replace(real, execute=interrupted_once)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        sm(frames[1])
+    for x in frames[2:]:
+        with torch.no_grad():
+            assert_close_scaled(sm(x), net(x))
