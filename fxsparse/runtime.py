@@ -668,7 +668,8 @@ class Engine:
 def _count_ones(mask: torch.Tensor) -> list[int]:
     """Per stream, the number of ones in a 0/1 mask. A float32 sum: exact up to 2^24 positions in any mask
     dtype (a bfloat16 sum is not, above 256), and 20x faster than ``count_nonzero`` (0.02 vs 0.43 ms)."""
-    return [int(c) for c in mask.flatten(1).sum(1, dtype=torch.float32).tolist()]
+    dims = tuple(range(1, mask.dim()))  # no flatten: of a box crop that is a copy (6 vs 3.5 us)
+    return [int(c) for c in mask.sum(dims, dtype=torch.float32).tolist()]
 
 
 def _mutable(value):
