@@ -322,9 +322,12 @@ def _conv_on_box(step, ctx, box):
     res = _residual(step)
     residual = None if res is None else ctx.cache(res).view()[:, :, oy0:oy1, ox0:ox1]
     a = step.node.args
-    # zero padding where the crop reaches outside the image: the conv's own when symmetric (no padded copy)
-    y = ops.conv2d(x.contiguous(memory_format=torch.channels_last), step.consts[1], step.consts[2], (sh, sw),
-                   (top, bottom, left, right), (dh, dw), a[6], a[7], residual)
+    # zero padding where the crop reaches outside the image: the conv's own when symmetric (no padded copy);
+    # else ops.conv2d pads the crop view, and that copy is the contiguous channels-last one the conv needs
+    if top == bottom and left == right:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = ops.conv2d(x, step.consts[1], step.consts[2], (sh, sw), (top, bottom, left, right), (dh, dw), a[6], a[7],
+                   residual)
     out.nhwc()[:, oy0:oy1, ox0:ox1].copy_(y.permute(0, 2, 3, 1))
 
 
