@@ -292,10 +292,9 @@ def _pointwise_gemm_on_box(step, ctx, box):
         if y is not dst:  # an activation without an in-place form (gelu) returned a new tensor
             dst.copy_(y)
         return
-    y = _gemm(inp.nhwc()[:, y0:y1, x0:x1].reshape(-1, inp.shape[1]), weight_t, bias)
-    residual = None if res is None else ctx.cache(res).nhwc()[:, y0:y1, x0:x1].reshape(-1, c_out)
-    y = _epilogue(step, ctx, y, residual)
-    out.nhwc()[:, y0:y1, x0:x1].copy_(y.view(b, y1 - y0, x1 - x0, c_out))
+    y = _gemm(inp.nhwc()[:, y0:y1, x0:x1].reshape(-1, inp.shape[1]), weight_t, bias).view(b, y1 - y0, x1 - x0, c_out)
+    residual = None if res is None else ctx.cache(res).nhwc()[:, y0:y1, x0:x1]  # added as a view: no copy
+    out.nhwc()[:, y0:y1, x0:x1].copy_(_epilogue(step, ctx, y, residual))
 
 
 def _gemm(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
