@@ -59,23 +59,59 @@ def _taps(step, ctx, dim: int):
     return index, weight
 
 
+def _reach(index: torch.Tensor, weight: torch.Tensor, n_in: int) -> tuple[list[int], list[int]]:
+    """Per input row (or column): the first and one-past-last output row whose taps read it."""
+    lo, hi = [index.shape[0]] * n_in, [0] * n_in
+    for o, (taps, weights) in enumerate(zip(index.tolist(), weight.tolist())):
+        for i, wt in zip(taps, weights):
+            if wt != 0:
+                lo[i], hi[i] = min(lo[i], o), max(hi[i], o + 1)
+    return lo, hi
+
+
 def prepare_interpolate(step, ctx):
-    step.config["rows"] = _taps(step, ctx, 2)
-    step.config["cols"] = _taps(step, ctx, 3)
+    cfg = step.config
+    cfg["rows"] = _taps(step, ctx, 2)
+    cfg["cols"] = _taps(step, ctx, 3)
+    _, _, h, w = ctx.cache(step.node.args[0]).shape
+    cfg["row_reach"] = _reach(*cfg["rows"], h)
+    cfg["col_reach"] = _reach(*cfg["cols"], w)
 
 
 def propagate_interpolate(step, ctx):
-    mask = ctx.mask(step.node.args[0])
-    (ri, rw), (ci, cw) = step.config["rows"], step.config["cols"]
-    out = None
+    """The footprint, computed only inside the output box the input's changed box reaches (a segmenter's
+    final upsample to 576x768 took 3.8 ms per frame over the whole map); all ones when every input changed."""
+    x = step.node.args[0]
+    cfg = step.config
+    out = ctx.mask_buffer(step.node, (step.shape[0], 1) + tuple(step.shape[2:]))
+    box = ctx.box(x)
+    if box is None:
+        ctx.set_box(step.node, None)
+        return out
+    _, _, ho, wo = out.shape
+    if ctx.fully_changed(x):
+        out.fill_(1.0)
+        ctx.set_box(step.node, (0, ho, 0, wo))
+        return out
+    (ri, rw), (ci, cw) = cfg["rows"], cfg["cols"]
+    (rlo, rhi), (clo, chi) = cfg["row_reach"], cfg["col_reach"]
+    y0, y1, x0, x1 = box
+    oy0, oy1 = min(rlo[y0:y1]), max(rhi[y0:y1])
+    ox0, ox1 = min(clo[x0:x1]), max(chi[x0:x1])
+    if oy0 >= oy1 or ox0 >= ox1:
+        ctx.set_box(step.node, None)
+        return out
+    mask = ctx.mask(x)
+    rows = None
     for k in range(ri.shape[1]):
-        m = mask.index_select(2, ri[:, k]) * (rw[:, k] != 0).view(1, 1, -1, 1)
-        out = m if out is None else torch.maximum(out, m)
-    res = None
+        m = mask.index_select(2, ri[oy0:oy1, k]) * (rw[oy0:oy1, k] != 0).view(1, 1, -1, 1)
+        rows = m if rows is None else torch.maximum(rows, m)
+    region = out[:, :, oy0:oy1, ox0:ox1]
     for k in range(ci.shape[1]):
-        m = out.index_select(3, ci[:, k]) * (cw[:, k] != 0).view(1, 1, 1, -1)
-        res = m if res is None else torch.maximum(res, m)
-    return res
+        m = rows.index_select(3, ci[ox0:ox1, k]) * (cw[ox0:ox1, k] != 0).view(1, 1, 1, -1)
+        torch.maximum(region, m, out=region)
+    ctx.set_box(step.node, (oy0, oy1, ox0, ox1))
+    return out
 
 
 def execute_interpolate(step, ctx, mask):
