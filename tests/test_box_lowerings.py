@@ -139,3 +139,36 @@ def test_pointwise_convs_on_whole_rows_boxes_and_scattered_positions_equal_dense
             assert b.macs_executed == b.macs_cone
         else:  # the box, in every stream: here exactly the changed positions
             assert b.macs_executed == b.macs_cone
+
+
+def test_squeeze_excite_vectors_take_one_in_place_gemm(monkeypatch):
+    """Note [Vector GEMM]: the 1x1 convs on a pooled [B, C, 1, 1] vector run as one GEMM over the streams'
+    rows, in place; with two streams and only one changing, both stay exact."""
+    from fxsparse.rules import window
+
+    calls = []
+    real = window._vector_gemm
+    monkeypatch.setattr(window, "_vector_gemm", lambda step, ctx: (calls.append(step.name), real(step, ctx)))
+
+    class SE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            s = F.hardsigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+            return y * s
+
+    torch.manual_seed(0)
+    net = SE().eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(2, 3, 20, 24)
+    sm(x)
+    for i in range(3):
+        x = x.clone()
+        x[1, :, 4 + i, 5] += 1.0  # only stream 1 changes
+        with torch.no_grad():
+            assert_close_scaled(sm(x), net(x))
+    assert sorted(set(calls)) == ["fc1", "fc2"] and len(calls) == 6

@@ -245,6 +245,9 @@ def execute_window(step, ctx, mask):
         if area <= BOX_MAX_SHARE * ho * wo and area * b <= BOX_WASTE * sum(ctx.stream_counts(step.node)):
             _conv_on_box(step, ctx, box)
             return area * b * mpp
+    if cfg["identity_taps"] and (ho, wo) == (1, 1) and cfg["lowering"] == "gemm" and _residual(step) is None:
+        _vector_gemm(step, ctx)  # Note [Vector GEMM]
+        return b * mpp
     dense = ctx.dense_streams(step.node, ho * wo)
     # bfloat16 GEMMs compile per shape: they keep the gathered, bucketed rows (Note [Shape buckets])
     if cfg["identity_taps"] and cfg["lowering"] == "gemm" and not len(dense) and not needs_buckets(out.buf.dtype):
@@ -295,6 +298,22 @@ def _pointwise_gemm_on_box(step, ctx, box):
     y = _gemm(inp.nhwc()[:, y0:y1, x0:x1].reshape(-1, inp.shape[1]), weight_t, bias).view(b, y1 - y0, x1 - x0, c_out)
     residual = None if res is None else ctx.cache(res).nhwc()[:, y0:y1, x0:x1]  # added as a view: no copy
     out.nhwc()[:, y0:y1, x0:x1].copy_(_epilogue(step, ctx, y, residual))
+
+
+# Note [Vector GEMM]: a 1x1 conv on a 1x1 map (squeeze-excite's two convs, a pooled head) is a linear layer
+# on the streams' rows. Its one position changes whenever anything upstream did, so the dense switch sent it
+# to the general dense path (a new tensor, adopted as the cache): 0.08-0.18 ms against 0.03-0.04 ms for the
+# op alone, 16 times per MobileNetV3 frame. One GEMM over every stream's row, in place, does the same work.
+def _vector_gemm(step, ctx):
+    inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
+    bias = step.consts[2]
+    if bias is None:
+        torch.mm(inp.buf, step.config["weight_t"], out=out.buf)
+    else:
+        torch.addmm(bias, inp.buf, step.config["weight_t"], out=out.buf)
+    y = _epilogue(step, ctx, out.buf, None)
+    if y is not out.buf:  # an activation without an in-place form
+        out.buf.copy_(y)
 
 
 def _gemm(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
