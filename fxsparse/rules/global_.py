@@ -84,9 +84,16 @@ def execute_mean(step, ctx, mask):
     x = ctx.cache(step.node.args[0])
     b, c, h, w = x.shape
     sums = step.state["sum"]
-    streams = changed_streams(mask)
     old = step.state.pop("old", None)
     step.state["old"] = None
+    dst = ctx.cache(step.node).buf if step.kind == "spatial" else ctx.value(step.node)  # [B, C]: row b, stream b
+    if old is None and all(ctx.stream_counts(step.node.args[0])):
+        # every stream summed afresh (squeeze-excite pools, mostly): no stream indices, no float64 division
+        fresh = x.view().sum((2, 3), dtype=torch.float32)
+        sums.copy_(fresh)
+        dst.copy_(fresh.div_(h * w))
+        return 0
+    streams = changed_streams(mask)
     if old is not None:
         pos = ctx.positions(step.node.args[0])
         sums += _stream_sums(x.buf.index_select(0, pos), pos, h * w, b) - old
@@ -94,11 +101,7 @@ def execute_mean(step, ctx, mask):
         sums.copy_(_full_sums(x))  # no per-stream indexing: that copies the whole map
     else:
         sums[streams] = _full_sums(x, streams)
-    mean = (sums[streams] / (h * w)).to(x.buf.dtype)
-    if step.kind == "spatial":
-        ctx.cache(step.node).buf[streams] = mean  # [B, C, 1, 1]: row b is stream b
-    else:
-        ctx.value(step.node)[streams] = mean
+    dst[streams] = (sums[streams] / (h * w)).to(x.buf.dtype)
     return 0
 
 
