@@ -79,6 +79,9 @@ def prepare_pointwise(step, ctx):
     step.config["const_rows"] = const_rows
 
 
+_OUT_OPS = {operator.add: torch.add, operator.sub: torch.sub, operator.mul: torch.mul, operator.truediv: torch.div}
+
+
 def execute_pointwise(step, ctx, mask):
     if step.kind == "rows":
         streams = changed_streams(mask)
@@ -88,6 +91,11 @@ def execute_pointwise(step, ctx, mask):
     out = ctx.cache(step.node)
     b, _, h, w = out.shape
     dense = ctx.dense_streams(step.node, h * w)
+    if len(dense) == b and step.node.target in _OUT_OPS and not step.node.kwargs:
+        # every stream: the op writes straight into the cache (a squeeze-excite scale on a whole map:
+        # 0.6 ms through a new tensor adopted as the cache, against 0.3 ms for the op alone)
+        _OUT_OPS[step.node.target](*ctx.resolve(step.node.args), out=out.view())
+        return 0
     if len(dense):
         run_dense_streams(step, ctx, dense)
         if len(dense) == b:
