@@ -16,6 +16,10 @@ def propagate_rows(step, ctx):
 
 
 def execute_rows(step, ctx, mask):
+    counts = ctx.stream_counts(step.node)
+    if all(counts):  # every stream (the usual case after a pooled head): no stream indexing, no copies
+        ctx.value(step.node).copy_(ctx.run_dense(step, None))
+        return len(counts) * step.macs_per_position
     streams = changed_streams(mask)
     ctx.value(step.node)[streams] = ctx.run_dense(step, streams)
     return len(streams) * step.macs_per_position
