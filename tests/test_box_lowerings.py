@@ -172,3 +172,25 @@ def test_squeeze_excite_vectors_take_one_in_place_gemm(monkeypatch):
         with torch.no_grad():
             assert_close_scaled(sm(x), net(x))
     assert sorted(set(calls)) == ["fc1", "fc2"] and len(calls) == 6
+
+
+@pytest.mark.parametrize("k,stride", [(3, 2), (7, 2), (3, 1)])
+def test_a_stem_conv_on_the_frame_runs_on_the_box(monkeypatch, k, stride):
+    """Note [Stems on the box]: a conv reading the 3-channel frame runs as a dense conv on a compact changed
+    box (also at the image border), and equals dense."""
+    from fxsparse.rules import window
+
+    calls = []
+    real = window._conv_on_box
+    monkeypatch.setattr(window, "_conv_on_box", lambda step, ctx, box: (calls.append(box), real(step, ctx, box)))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, k, stride, k // 2), nn.ReLU6()).eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(1, 3, 64, 80)
+    sm(x)
+    for y0, x0 in ((20, 30), (0, 0), (60, 76)):
+        x = x.clone()
+        x[:, :, y0 : y0 + 4, x0 : x0 + 4] += 1.0
+        with torch.no_grad():
+            assert_close_scaled(sm(x), net(x))
+    assert len(calls) == 3

@@ -73,6 +73,12 @@ def propagate_window(step, ctx):
     return out
 
 
+# Note [Stems on the box]: a network's first conv reads the frame, 3 channels: im2col gathers K rows of
+# 3 floats per position (12-byte rows, the per-row cost dominates), so like a depthwise conv it runs as a
+# dense conv on the changed box when the box is compact (same limits as Note [Depthwise on the box]).
+STEM_CHANNELS = 4
+
+
 def covers_window(step, ctx) -> list:
     """Inputs whose mask lies inside this window step's (Note [Residual inside]): the residual of a fused
     ``conv + residual`` (its changes show up where they are), and the input itself when the output is
@@ -165,6 +171,8 @@ def prepare_window(step, ctx):
             # [K*C_in, C_out], contiguous: MKL's sgemm runs 5-10% faster than on the transposed [C_out, K*C_in]
             # that F.linear takes (e.g. [150, 4608] x [4608, 512]: 3.04 vs 3.27 ms, measured)
             cfg["weight_t"] = weight.permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()
+            if c_in <= STEM_CHANNELS and k != (1, 1):
+                cfg["box_conv"] = True  # Note [Stems on the box]
             return
         if groups == c_in == c_out:
             cfg["lowering"] = "taps"
