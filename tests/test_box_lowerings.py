@@ -147,8 +147,9 @@ def test_squeeze_excite_vectors_take_one_in_place_gemm(monkeypatch):
     from fxsparse.rules import window
 
     calls = []
-    real = window._vector_gemm
-    monkeypatch.setattr(window, "_vector_gemm", lambda step, ctx: (calls.append(step.name), real(step, ctx)))
+    real = window._pointwise_gemm_on_box
+    monkeypatch.setattr(window, "_pointwise_gemm_on_box",
+                        lambda step, ctx, box: (calls.append(step.name), real(step, ctx, box)))
 
     class SE(nn.Module):
         def __init__(self):

@@ -76,6 +76,8 @@ def prepare_interpolate(step, ctx):
     _, _, h, w = ctx.cache(step.node.args[0]).shape
     cfg["row_reach"] = _reach(*cfg["rows"], h)
     cfg["col_reach"] = _reach(*cfg["cols"], w)
+    cfg["row_taps"] = (cfg["rows"][1] != 0).float()  # which taps count, once, not per frame
+    cfg["col_taps"] = (cfg["cols"][1] != 0).float()
 
 
 def propagate_interpolate(step, ctx):
@@ -93,7 +95,8 @@ def propagate_interpolate(step, ctx):
         out.fill_(1.0)
         ctx.set_box(step.node, (0, ho, 0, wo))
         return out
-    (ri, rw), (ci, cw) = cfg["rows"], cfg["cols"]
+    (ri, _), (ci, _) = cfg["rows"], cfg["cols"]
+    rt, ct = cfg["row_taps"], cfg["col_taps"]
     (rlo, rhi), (clo, chi) = cfg["row_reach"], cfg["col_reach"]
     y0, y1, x0, x1 = box
     oy0, oy1 = min(rlo[y0:y1]), max(rhi[y0:y1])
@@ -104,11 +107,11 @@ def propagate_interpolate(step, ctx):
     mask = ctx.mask(x)
     rows = None
     for k in range(ri.shape[1]):
-        m = mask.index_select(2, ri[oy0:oy1, k]) * (rw[oy0:oy1, k] != 0).view(1, 1, -1, 1)
+        m = mask.index_select(2, ri[oy0:oy1, k]) * rt[oy0:oy1, k].view(1, 1, -1, 1)
         rows = m if rows is None else torch.maximum(rows, m)
     region = out[:, :, oy0:oy1, ox0:ox1]
     for k in range(ci.shape[1]):
-        m = rows.index_select(3, ci[ox0:ox1, k]) * (cw[ox0:ox1, k] != 0).view(1, 1, 1, -1)
+        m = rows.index_select(3, ci[ox0:ox1, k]) * ct[ox0:ox1, k].view(1, 1, 1, -1)
         torch.maximum(region, m, out=region)
     ctx.set_box(step.node, (oy0, oy1, ox0, ox1))
     return out

@@ -253,8 +253,8 @@ def execute_window(step, ctx, mask):
         if area <= BOX_MAX_SHARE * ho * wo and area * b <= BOX_WASTE * sum(ctx.stream_counts(step.node)):
             _conv_on_box(step, ctx, box)
             return area * b * mpp
-    if cfg["identity_taps"] and (ho, wo) == (1, 1) and cfg["lowering"] == "gemm" and _residual(step) is None:
-        _vector_gemm(step, ctx)  # Note [Vector GEMM]
+    if cfg["identity_taps"] and (ho, wo) == (1, 1) and cfg["lowering"] == "gemm":
+        _pointwise_gemm_on_box(step, ctx, (0, 1, 0, 1))  # Note [Vector GEMM]
         return b * mpp
     dense = ctx.dense_streams(step.node, ho * wo)
     # bfloat16 GEMMs compile per shape: they keep the gathered, bucketed rows (Note [Shape buckets])
@@ -289,11 +289,11 @@ GEMM_BOX_WASTE = 1.3
 def _pointwise_gemm_on_box(step, ctx, box):
     """Recompute a 1x1 conv on output ``box`` of every stream (Note [Pointwise GEMM on the box])."""
     inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
-    b, c_out, _, w = out.shape
+    b, c_out, h, w = out.shape
     y0, y1, x0, x1 = box
     weight_t, bias, res = step.config["weight_t"], step.consts[2], _residual(step)
-    if b == 1 and (x0, x1) == (0, w):
-        rows = slice(y0 * w, y1 * w)
+    if (x0, x1) == (0, w) and (b == 1 or (y0, y1) == (0, h)):  # the box is one contiguous block of cache rows
+        rows = slice(y0 * w, y1 * w) if b == 1 else slice(0, b * h * w)
         dst = out.buf[rows]
         if bias is None:
             torch.mm(inp.buf[rows], weight_t, out=dst)
@@ -311,17 +311,7 @@ def _pointwise_gemm_on_box(step, ctx, box):
 # Note [Vector GEMM]: a 1x1 conv on a 1x1 map (squeeze-excite's two convs, a pooled head) is a linear layer
 # on the streams' rows. Its one position changes whenever anything upstream did, so the dense switch sent it
 # to the general dense path (a new tensor, adopted as the cache): 0.08-0.18 ms against 0.03-0.04 ms for the
-# op alone, 16 times per MobileNetV3 frame. One GEMM over every stream's row, in place, does the same work.
-def _vector_gemm(step, ctx):
-    inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
-    bias = step.consts[2]
-    if bias is None:
-        torch.mm(inp.buf, step.config["weight_t"], out=out.buf)
-    else:
-        torch.addmm(bias, inp.buf, step.config["weight_t"], out=out.buf)
-    y = _epilogue(step, ctx, out.buf, None)
-    if y is not out.buf:  # an activation without an in-place form
-        out.buf.copy_(y)
+# op alone, 16 times per MobileNetV3 frame. It runs as the in-place GEMM of a box covering the whole map.
 
 
 def _gemm(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
