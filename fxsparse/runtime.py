@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from . import chains, ops
 from .errors import InputError, InputTypeError
 from .kernels import tiles as T
 from .kernels.rows import RowCache
+from .output_pool import OutputPool
 from .rules import ChangeRule, get_change_rule
 from .rules.masks import Box, box_of, mask_shape
 from .stats import CoverageEntry, CoverageReport, FrameStats, LayerStats
@@ -710,6 +712,7 @@ class SparseModule(nn.Module):
         self.dense_switch = dense_switch
         self.fuse_chains = fuse_chains
         self.copy_outputs = copy_outputs  # False: callers get the output buffers themselves (transform's doc)
+        self._output_pool = OutputPool()
         self.input_policy = input_policy
         self.in_channels = in_channels
         self._engine: Engine | None = None
@@ -737,15 +740,15 @@ class SparseModule(nn.Module):
         # or use them with autograd, as they can the dense model's output. Floating outputs come back in
         # the frame's dtype (they differ when transform(dtype=...) set a compute dtype).
         out_dtype = x.dtype
+        slots = itertools.count()
 
         def copy(v):
             if not isinstance(v, torch.Tensor):
                 return v
-            if v.is_floating_point() and v.dtype != out_dtype:
-                return v.to(dtype=out_dtype, memory_format=torch.contiguous_format)
-            if not self.copy_outputs:
+            dtype = out_dtype if v.is_floating_point() else v.dtype
+            if not self.copy_outputs and dtype == v.dtype:
                 return v  # the buffer itself: updated by the next call; callers must not modify it
-            return v.clone(memory_format=torch.contiguous_format)
+            return self._output_pool.copy(next(slots), v, dtype)  # Note [Recycled outputs]
 
         with torch.no_grad():
             return _mutable(fx.node.map_aggregate(result, copy))
