@@ -3,6 +3,7 @@
     python benchmarks/ab_compare.py --base-commit 4351de2 --model mobilenet_v2 --fraction 0.01
     python benchmarks/ab_compare.py --base-commit HEAD~3 --model pnet --frames 60
     python benchmarks/ab_compare.py --base-commit HEAD~1 --model lraspp_mobilenet_v3_large --full
+    python benchmarks/ab_compare.py --base-commit HEAD~1 --model lraspp_mobilenet_v3_large --unchanged
 
 The package at ``--base-commit`` is extracted (``git archive``) into a temporary folder and imported as
 ``fxsparse_base`` (the package imports itself only relatively); the working tree's ``fxsparse`` is the
@@ -83,6 +84,7 @@ def main(argv=None):
     p.add_argument("--streams", type=int, default=1, help="streams per batch (synthetic scene: one scene each)")
     p.add_argument("--full", action="store_true",
                    help="every frame fully changed: a synthetic frame and its negative, alternating")
+    p.add_argument("--unchanged", action="store_true", help="every frame the same as the one before")
     args = p.parse_args(argv)
     import fxsparse
 
@@ -91,6 +93,8 @@ def main(argv=None):
     model, frames = model_and_frames(args.model, args.fraction, (h, w), args.frames + 4, args.streams)
     if args.full:
         frames = [frames[-1] if i % 2 else 1.0 - frames[-1] for i in range(len(frames))]
+    if args.unchanged:
+        frames = [frames[-1]] * len(frames)
     old, new = base.transform(model), fxsparse.transform(model)
     t_old, t_new = [], []
     with torch.inference_mode():
@@ -107,6 +111,7 @@ def main(argv=None):
     diff = float((_flat(y_old) - _flat(y_new)).abs().max())
     scene = "carphone" if args.model == "pnet" else f"{args.fraction:.0%} {args.size} x{args.streams} streams"
     scene += ", every frame fully changed" if args.full else ""
+    scene += ", every frame unchanged" if args.unchanged else ""
     print(f"{args.model} {scene}: old {a:.2f} ms  new {b:.2f} ms  new/old {b / a:.3f}  "
           f"max output difference {diff:.2e}  ({len(t_old)} frames)")
 

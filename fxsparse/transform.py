@@ -116,12 +116,13 @@ def transform(
         fuse_chains: run each chain of convs (a block whose inner outputs feed only the next conv, as in
             bottleneck and inverted-residual blocks) as one unit on gathered tiles, without caching
             its inner activations (fxsparse/chains.py). Same results; False runs every layer alone.
-        copy_outputs: True (default): every call returns tensors of its own, like the dense model. False:
-            returns the module's output buffers themselves, valid until the next call, which updates them
-            in place; the caller must not modify them (that would corrupt the streams' state: torch's
-            inference-tensor check raises only after the write). Saves a copy per frame (a 21 x 576 x
-            768 segmentation map: ~9-14 ms of LR-ASPP's ~75-90 ms frame). For loops that use each output
-            before the next frame (``fxsparse run`` does).
+        copy_outputs: True (default): every call returns tensors of its own, like the dense model (written
+            into earlier outputs the caller has let go of, never into one it still holds: Note [Recycled
+            outputs]). False: returns the module's output buffers themselves, valid until the next call,
+            which updates them in place; the caller must not modify them (that would corrupt the streams'
+            state: torch's inference-tensor check raises only after the write). Saves a copy per frame (a
+            21 x 576 x 768 segmentation map: ~3 ms). For loops that use each output before the next frame
+            (``fxsparse run`` does).
         leaf_modules: module types not to trace into (they run dense).
         autowrap_functions: free functions recorded as single calls.
 
