@@ -27,9 +27,13 @@ def _storage_use_count(t: torch.Tensor) -> int | None:
 
 def _reusable(buffers: list[torch.Tensor], i: int) -> bool:
     """May ``buffers[i]`` be overwritten: referenced by the pool's list alone (no Python name, view or
-    array on it), still a plain contiguous tensor the caller has not turned into a leaf needing grad?"""
+    array on it), still a plain contiguous tensor the caller has not turned into a leaf needing grad, and an
+    inference tensor exactly when the caller is in inference mode now (outside it, an inference tensor cannot
+    be written, and the caller expects an ordinary one)?"""
     if buffers[i].requires_grad or not buffers[i].is_contiguous() or buffers[i].storage_offset() != 0:
         return False
+    if buffers[i].is_inference() != torch.is_inference_mode_enabled():
+        return False  # made under the caller's inference_mode and now outside it (or the reverse): a fresh one
     # getrefcount: the list's slot + its own argument; storage: the tensor + the temporary storage object
     return sys.getrefcount(buffers[i]) == 2 and _storage_use_count(buffers[i]) == 2
 

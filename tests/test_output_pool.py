@@ -123,3 +123,25 @@ def test_bfloat16_compute_hands_back_float32_copies_from_the_pool():
         torch.testing.assert_close(y["out"], e["out"], rtol=0.05, atol=0.05)
         pointers.add(y["out"].data_ptr())
     assert len(pointers) == 2
+
+
+def test_outputs_made_under_inference_mode_are_not_reused_outside_it_or_the_reverse():
+    """A caller's loop under torch.inference_mode() makes inference tensors; a later call outside it must
+    neither write into one (torch forbids it) nor hand one back."""
+    net = _Segmenter().eval()
+    frames = _frames(6)
+    expected = _expected(net, frames)
+    sm = fxsparse.transform(net)
+    with torch.inference_mode():
+        for f in frames[:3]:
+            y = sm(f)
+            assert y["out"].is_inference()
+    del y
+    for f, e in zip(frames[3:], expected[3:]):
+        y = sm(f)
+        assert not y["out"].is_inference()
+        assert_close_scaled(y, e)
+    with torch.inference_mode():
+        y = sm(frames[0])
+        assert y["out"].is_inference()
+        assert_close_scaled(y, expected[0])
