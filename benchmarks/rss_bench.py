@@ -2,6 +2,7 @@
 
     python benchmarks/rss_bench.py --model resnet50 --size 576x768
     python benchmarks/rss_bench.py --model mobilenet_v2 --fuse-chains   # transform(fuse_chains=True)
+    python benchmarks/rss_bench.py --model lraspp_mobilenet_v3_large     # segmentation models too
 
 Peak RSS (``ru_maxrss``) is per process, so each side runs alone in a fresh interpreter; the numbers
 include Python, torch and the model weights. The RSS after the last frame (``/proc/self/statm``, Linux)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -23,7 +25,9 @@ mode, model_name = sys.argv[1], sys.argv[2]
 h, w, changed, frames = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(2)
 torch.manual_seed(0)
-model = getattr(torchvision.models, model_name)().eval()
+sys.path.insert(0, sys.argv[7])
+from run_bench import build  # the benchmark's model lookup: classification and segmentation, random weights
+model = build(model_name)
 clip = list(moving_objects(h, w, changed_fraction=changed, frames=frames))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with torch.inference_mode():
@@ -43,7 +47,8 @@ print(json.dumps({"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSA
 
 def measure(mode, args):
     h, w = args.size.split("x")
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, args.model, h, w, str(args.changed), str(args.frames)],
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, args.model, h, w, str(args.changed), str(args.frames), here],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
