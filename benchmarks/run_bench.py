@@ -2,6 +2,7 @@
 
     python benchmarks/run_bench.py                       # resnet50 + mobilenet_v2, 576x768, 1/5/20 %
     python benchmarks/run_bench.py --models resnet50 --fractions 0.01 --frames 9 --out bench.json
+    python benchmarks/run_bench.py --models mobilenet_v2 --uint8   # decoded uint8 frames, normalized in the model
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import os
 import platform
 
 import torch
+from torch import nn
 
+from fxsparse import PixelNormalize
 from fxsparse.bench import bench_scene, dense_engines, engines_table, markdown_table, synthetic_frames  # noqa: E402
+from fxsparse.pixels import to_pixels
 
 
 def build(name: str):
@@ -41,6 +45,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute dtype of fxsparse and of the torch eager baseline (transform(dtype=...))")
     p.add_argument("--fuse-chains", action="store_true", help="transform(fuse_chains=True): conv blocks as one unit")
+    p.add_argument("--uint8", action="store_true",
+                   help="feed uint8 frames to nn.Sequential(fxsparse.PixelNormalize(), model), dense and sparse alike "
+                        "(Note [Integer frames]); --input-threshold is then in pixel units as given")
     p.add_argument("--out", default=None, help="write rows as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -48,10 +55,14 @@ def main(argv=None):
     rows = []
     for name in args.models.split(","):
         model = build(name)
-        engines = dense_engines(model, torch.rand(1, 3, h, w)) if args.engines else {}
+        pixels = to_pixels if args.uint8 else (lambda f: f)
+        if args.uint8:
+            model = nn.Sequential(PixelNormalize(), model).eval()
+        engines = dense_engines(model, pixels(torch.rand(1, 3, h, w))) if args.engines else {}
         switch = args.dense_switch if args.dense_switch == "auto" else float(args.dense_switch)
         policy = {"input_open": 1, "input_min_area": 30, "input_dilate": 2} if args.clean_up else {}
-        kwargs = dict(dense_switch=switch, engines=engines, input_threshold=args.input_threshold / 255, **policy)
+        threshold = args.input_threshold if args.uint8 else args.input_threshold / 255
+        kwargs = dict(dense_switch=switch, engines=engines, input_threshold=threshold, **policy)
         if args.fuse_chains:
             kwargs["fuse_chains"] = True
         if args.dtype != "float32":
@@ -60,14 +71,15 @@ def main(argv=None):
             from fxsparse.video import read_frames
 
             highway = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cdnet_highway")
-            frames = [f[None] for f in read_frames(highway, size=(h, w), limit=args.frames + 1)]
+            frames = [pixels(f[None]) for f in read_frames(highway, size=(h, w), limit=args.frames + 1)]
             label = f"CDnet highway, tau {args.input_threshold:g}/255" + (", clean-up" if args.clean_up else "")
             rows.append(bench_scene(model, name, frames, label, **kwargs))
             print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
             continue
         for frac in (float(f) for f in args.fractions.split(",")):
-            frames = synthetic_frames(h, w, frac, args.frames + 1)
-            row = bench_scene(model, name, frames, f"synthetic {frac:.0%}", **kwargs)
+            frames = [pixels(f) for f in synthetic_frames(h, w, frac, args.frames + 1)]
+            label = f"synthetic {frac:.0%}" + (", uint8" if args.uint8 else "")
+            row = bench_scene(model, name, frames, label, **kwargs)
             rows.append(row)
             print(markdown_table([row]).splitlines()[-1], flush=True)
     print()

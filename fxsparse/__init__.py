@@ -7,6 +7,7 @@
 
 from .errors import FxSparseError, InputError, InputTypeError, TraceFailedError
 from .patch import PatchRunner, PatchStats
+from .pixels import PixelNormalize
 from .runtime import SparseModule
 from .stats import CoverageReport, FrameStats, LayerStats
 from .transform import transform
@@ -22,6 +23,7 @@ __all__ = [
     "SparseModule",
     "PatchRunner",
     "PatchStats",
+    "PixelNormalize",
     "FrameStats",
     "LayerStats",
     "CoverageReport",

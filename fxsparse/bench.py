@@ -178,8 +178,10 @@ def bench_scene(model: nn.Module, model_name: str, frames: list[torch.Tensor], s
     for _ in range(5):
         dense_u.append(_timed(dense, frames[-1])[0])
         unchanged.append(_timed(sm, frames[-1])[0])
+    last = frames[-1]
+    negative = 1.0 - last if last.is_floating_point() else torch.iinfo(last.dtype).max - last  # uint8: 255 - x
     for i in range(12):  # 12, not 6: on this shared machine 6 frames left the ratio +-15% from run to run
-        x = 1.0 - frames[-1] if i % 2 == 0 else frames[-1]
+        x = negative if i % 2 == 0 else last
         dense_f.append(_timed(dense, x)[0])
         full.append(_timed(sm, x)[0])
     cone = statistics.median(cones)

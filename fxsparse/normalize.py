@@ -289,6 +289,16 @@ def _function_form(target, args, kwargs, gm=None):
         if _arg(args, kwargs, 2, "training", True) is False:
             return "identity", (x,)
         return None
+    # dtype conversions (x.float(), x.to(torch.float32), x.type(torch.float32)): the integer frames of decoded
+    # video converted inside the model (Note [Integer frames])
+    casts = {"float": torch.float32, "double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16}
+    if name in casts and len(args) == 1 and not kwargs:
+        return ops.cast, (x, casts[name])
+    if name in ("to", "type"):
+        dtype = _arg(args, kwargs, 1, "dtype")
+        if isinstance(dtype, torch.dtype) and len(args) + len(kwargs) == 2:
+            return ops.cast, (x, dtype)
+        return None
     if is_(methods=("contiguous",)) and len(args) == 1:
         return "identity", (x,)
     if getattr(target, "__name__", None) == "stochastic_depth" and _arg(args, kwargs, 3, "training", True) is False:

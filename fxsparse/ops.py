@@ -224,6 +224,12 @@ def pad(x, pad, value):
     return F.pad(x, pad, "constant", value)
 
 
+def cast(x, dtype):
+    """``x.to(dtype)``: integer frames (decoded uint8 video) converted inside the model (Note [Integer
+    frames], fxsparse/pixels.py)."""
+    return x.to(dtype)
+
+
 # -- thresholds ----------------------------------------------------------------
 
 

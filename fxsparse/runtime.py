@@ -445,7 +445,11 @@ class Engine:
             return None  # a static scene in exact mode: one comparison, nothing allocated
         if self._diff is None or self._diff.shape != x.shape:
             self._diff = torch.empty_like(x)  # reused: a fresh 5 MB tensor per frame costs page faults
-        diff = torch.sub(x, self._ref_frame, out=self._diff).abs_().amax(1, keepdim=True)
+        if x.is_floating_point():
+            diff = torch.sub(x, self._ref_frame, out=self._diff).abs_().amax(1, keepdim=True)
+        else:  # Note [Integer frames]: max - min, as x - ref would wrap around in uint8
+            high = torch.maximum(x, self._ref_frame, out=self._diff)
+            diff = high.sub_(torch.minimum(x, self._ref_frame)).amax(1, keepdim=True)
         largest = float(diff.max())
         if not math.isfinite(largest):
             _raise_non_finite(x)
@@ -739,7 +743,7 @@ class SparseModule(nn.Module):
         # Copies made outside inference mode are ordinary tensors: callers may modify them in place
         # or use them with autograd, as they can the dense model's output. Floating outputs come back in
         # the frame's dtype (they differ when transform(dtype=...) set a compute dtype).
-        out_dtype = x.dtype
+        out_dtype = x.dtype if x.is_floating_point() else self._frame_dtype  # integer frames: the model's dtype
         slots = itertools.count()
 
         def copy(v):
@@ -757,7 +761,7 @@ class SparseModule(nn.Module):
         """Process one frame; return the output structure *without* copying (the output mirrors and row
         caches, Note [Output mirrors]): ``forward`` makes the caller's copies."""
         self._check_frame(x)
-        if x.dtype != self._dtype:
+        if x.dtype != self._dtype and x.is_floating_point():  # integer frames: the model converts them
             x = x.to(self._dtype)
         if self._engine is None:
             self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch, self.fuse_chains)
@@ -858,6 +862,12 @@ class SparseModule(nn.Module):
 
     # -- input contract --------------------------------------------------------------
 
+    def _converts_input(self) -> bool:
+        """Does every use of the frame convert it to a floating dtype first (Note [Integer frames])?"""
+        placeholder = next(n for n in self.graph_module.graph.nodes if n.op == "placeholder")
+        users = list(placeholder.users)
+        return bool(users) and all(u.target is ops.cast and u.args[1].is_floating_point for u in users)
+
     def _check_frame(self, x) -> None:
         """Reject a bad frame before any state changes (Contracts: bad input)."""
         if not isinstance(x, torch.Tensor):
@@ -865,12 +875,16 @@ class SparseModule(nn.Module):
                 f"expected a torch.Tensor frame batch [B, C, H, W], got {type(x).__name__}. "
                 "Hint: convert with torch.as_tensor(frame).permute(2, 0, 1)[None].float()."
             )
-        if not x.is_floating_point():
+        integer = not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+        if integer and not self._converts_input():
             raise InputTypeError(
-                f"expected a floating-point frame, got dtype {x.dtype}. "
-                f"Hint: convert with x.to({self._dtype}) (and scale pixels as the model expects, e.g. / 255)."
+                f"expected a floating-point frame, got dtype {x.dtype}, and the model does not convert its input. "
+                f"Hint: convert with x.to({self._dtype}) (and scale pixels as the model expects, e.g. / 255), or "
+                "feed the integer frames to nn.Sequential(fxsparse.PixelNormalize(mean, std), model)."
             )
-        if x.dtype not in (self._dtype, self._frame_dtype):
+        if not integer and not x.is_floating_point():
+            raise InputTypeError(f"expected a floating-point or integer frame, got dtype {x.dtype}.")
+        if not integer and x.dtype not in (self._dtype, self._frame_dtype):
             raise InputTypeError(
                 f"frame dtype {x.dtype} differs from the model's {self._frame_dtype}. Hint: x.to({self._frame_dtype})."
             )
@@ -886,6 +900,12 @@ class SparseModule(nn.Module):
             )
         engine = self._engine
         if engine is not None:
+            held = engine._ref_frame.dtype
+            if integer != (not held.is_floating_point) or (integer and x.dtype != held):
+                raise InputTypeError(
+                    f"frame dtype {x.dtype}, but the streams were started with {held} frames. "
+                    "Hint: keep one frame type per module, or reset() to start the streams over."
+                )
             if x.shape[0] != engine.batch:
                 raise InputError(
                     f"batch of {x.shape[0]} frames, but this module holds {engine.batch} streams. "
@@ -896,7 +916,7 @@ class SparseModule(nn.Module):
                     f"frame size {tuple(x.shape[1:])} differs from the streams' {engine.frame_shape}. "
                     "Hint: resize frames to the stream's size, or reset() to start the streams over at the new size."
                 )
-        if engine is None and not bool(torch.isfinite(x).all()):
+        if engine is None and not integer and not bool(torch.isfinite(x).all()):
             _raise_non_finite(x)  # later frames are checked on their difference (Engine.input_mask)
 
 

@@ -182,6 +182,10 @@ def transform(
             )
         frame_dtype = next((p.dtype for p in gm.parameters()), torch.float32)
         gm = gm.to(dtype)
+        for node in gm.graph.nodes:  # integer frames: the model's own conversion yields the compute dtype
+            if node.target is ops.cast and node.args[1] == frame_dtype:
+                node.args = (node.args[0], dtype)
+        gm.recompile()
     lookup = threshold_lookup(threshold)
     if gate_test not in ("max", "mean"):
         raise ValueError(f"gate_test must be 'max' or 'mean', got {gate_test!r}.")

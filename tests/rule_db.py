@@ -78,6 +78,7 @@ CASES = [
     RuleCase("resize_align", ops.interpolate,
              lambda: Fn(lambda m, x: F.interpolate(x, size=(7, 20), mode="bilinear", align_corners=True))),
     RuleCase("pad", ops.pad, lambda: Fn(lambda m, x: F.pad(x, (1, 2, 0, 3), value=0.5))),
+    RuleCase("cast", ops.cast, lambda: Fn(lambda m, x: x.half().float() * 3.0)),  # Note [Integer frames]
     RuleCase("flatten_linear", ops.linear, lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 5))),
     RuleCase("flatten", ops.flatten, lambda: nn.Sequential(nn.MaxPool2d(4), nn.Flatten())),
     # an opaque leaf changes as a whole: sound, deliberately not exact

@@ -1,4 +1,4 @@
-"""Pointwise ops: activations, per-channel affine, add/sub/mul/div, cat on channels.
+"""Pointwise ops: activations, per-channel affine, add/sub/mul/div, cat on channels, dtype casts.
 
 Footprint: the union of the input masks, with broadcasting (a changed
 ``[B, C, 1, 1]`` vector changes every position of its stream). Exact.
@@ -45,6 +45,9 @@ def _rows_fn(step):
         return (lambda x: ops.softmax(x, 1, log)), [args[0]]
     if target is ops.cat:
         return (lambda *xs: torch.cat(xs, 1)), list(args[0])
+    if target is ops.cast:
+        dtype = args[1]
+        return (lambda x: x.to(dtype)), [args[0]]
     return target, list(args)  # operator.add & co. work on rows as they are
 
 
@@ -160,6 +163,7 @@ for _op, _name in [
     (ops.prelu, "prelu"),
     (ops.softmax, "channel_softmax"),
     (ops.cat, "cat"),
+    (ops.cast, "cast"),
     (operator.add, "add"),
     (operator.sub, "sub"),
     (operator.mul, "mul"),
