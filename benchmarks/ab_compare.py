@@ -85,6 +85,7 @@ def main(argv=None):
     p.add_argument("--full", action="store_true",
                    help="every frame fully changed: a synthetic frame and its negative, alternating")
     p.add_argument("--unchanged", action="store_true", help="every frame the same as the one before")
+    p.add_argument("--fuse-chains", action="store_true", help="both sides with transform(fuse_chains=True)")
     args = p.parse_args(argv)
     import fxsparse
 
@@ -95,7 +96,8 @@ def main(argv=None):
         frames = [frames[-1] if i % 2 else 1.0 - frames[-1] for i in range(len(frames))]
     if args.unchanged:
         frames = [frames[-1]] * len(frames)
-    old, new = base.transform(model), fxsparse.transform(model)
+    options = {"fuse_chains": True} if args.fuse_chains else {}
+    old, new = base.transform(model, **options), fxsparse.transform(model, **options)
     t_old, t_new = [], []
     with torch.inference_mode():
         for x in frames[:4]:
@@ -112,6 +114,7 @@ def main(argv=None):
     scene = "carphone" if args.model == "pnet" else f"{args.fraction:.0%} {args.size} x{args.streams} streams"
     scene += ", every frame fully changed" if args.full else ""
     scene += ", every frame unchanged" if args.unchanged else ""
+    scene += ", fuse_chains" if args.fuse_chains else ""
     print(f"{args.model} {scene}: old {a:.2f} ms  new {b:.2f} ms  new/old {b / a:.3f}  "
           f"max output difference {diff:.2e}  ({len(t_old)} frames)")
 

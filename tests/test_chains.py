@@ -127,3 +127,27 @@ def test_compact_changes_run_the_chain_on_one_box(monkeypatch):
         with torch.no_grad():
             assert_close_scaled(fused(f), net(f))
     assert calls["box"] >= 8 and calls["tiles"] >= 1
+
+
+def test_a_chains_1x1_convs_run_as_gemms_on_the_crop(monkeypatch):
+    """The 1x1 convs of a chain on a box or tiles run as one GEMM over the crop's rows (no oneDNN primitive per
+    crop shape); the depthwise conv between them keeps its conv. Every frame equals dense."""
+    from fxsparse import chains
+
+    gemms = []
+    real = chains._pointwise_gemm
+
+    def spy(step, *a):
+        gemms.append(step.name)
+        return real(step, *a)
+
+    monkeypatch.setattr(chains, "_pointwise_gemm", spy)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Block(8, 4, 3, 1, 1, 1, True, True),
+                        Block(8, 2, 3, 2, 1, 1, True, False)).eval()
+    fused = fxsparse.transform(net, fuse_chains=True)
+    for f in moving_object_frames(1, 40, 56, 5):
+        with torch.no_grad():
+            assert_close_scaled(fused(f), net(f))
+    names = set(gemms)
+    assert names and all(".expand." in n or ".project" in n for n in names)
