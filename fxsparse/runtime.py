@@ -862,6 +862,7 @@ class SparseModule(nn.Module):
 
     # -- input contract --------------------------------------------------------------
 
+    @functools.cached_property
     def _converts_input(self) -> bool:
         """Does every use of the frame convert it to a floating dtype first (Note [Integer frames])?"""
         placeholder = next(n for n in self.graph_module.graph.nodes if n.op == "placeholder")
@@ -876,7 +877,7 @@ class SparseModule(nn.Module):
                 "Hint: convert with torch.as_tensor(frame).permute(2, 0, 1)[None].float()."
             )
         integer = not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
-        if integer and not self._converts_input():
+        if integer and not self._converts_input:
             raise InputTypeError(
                 f"expected a floating-point frame, got dtype {x.dtype}, and the model does not convert its input. "
                 f"Hint: convert with x.to({self._dtype}) (and scale pixels as the model expects, e.g. / 255), or "
