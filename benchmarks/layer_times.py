@@ -2,9 +2,11 @@
 
     python benchmarks/layer_times.py --model mobilenet_v2 --fraction 0.01
     python benchmarks/layer_times.py --model resnet50 --fraction 0.05 --frames 10 --out layers.md
+    python benchmarks/layer_times.py --model mobilenet_v2 --scene cdnet --input-threshold 16 --clean-up
 
-Synthetic moving-object scene (random weights; exact mode's cost does not depend on them). The first
-frames warm up (oneDNN compiles a kernel per shape); the timed frames follow.
+Synthetic moving-object scene (random weights; exact mode's cost does not depend on them), or the real
+CDnet highway frames (``../shared/data/cdnet_highway`` upscaled to ``--size``) with an input threshold on
+the 0-255 scale. The first frames warm up (oneDNN compiles a kernel per shape); the timed frames follow.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def main(argv=None):
     p.add_argument("--fraction", type=float, default=0.01, help="changed share per frame")
     p.add_argument("--size", default="576x768", help="HxW")
     p.add_argument("--frames", type=int, default=16, help="timed frames (after 8 warm-up frames)")
+    p.add_argument("--scene", choices=["synthetic", "cdnet"], default="synthetic")
+    p.add_argument("--input-threshold", type=float, default=0.0, help="on the 0-255 scale, e.g. 16")
+    p.add_argument("--clean-up", action="store_true", help="input_open=1, input_min_area=30, input_dilate=2")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="also write the table here (Markdown)")
     args = p.parse_args(argv)
@@ -36,13 +41,22 @@ def main(argv=None):
     from run_bench import build
 
     h, w = (int(v) for v in args.size.lower().split("x"))
-    frames = synthetic_frames(h, w, args.fraction, args.frames + 8)
-    sm = fxsparse.transform(build(args.model).eval())
+    if args.scene == "cdnet":
+        from fxsparse.video import read_frames
+
+        highway = os.path.join(HERE, "..", "..", "shared", "data", "cdnet_highway")
+        frames = [f[None] for f in read_frames(highway, size=(h, w), limit=args.frames + 8)]
+        scene = f"CDnet highway, tau {args.input_threshold:g}/255" + (", clean-up" if args.clean_up else "")
+    else:
+        frames = synthetic_frames(h, w, args.fraction, args.frames + 8)
+        scene = f"{args.fraction:.0%} changed"
+    policy = {"input_open": 1, "input_min_area": 30, "input_dilate": 2} if args.clean_up else {}
+    sm = fxsparse.transform(build(args.model).eval(), input_threshold=args.input_threshold / 255, **policy)
     with torch.inference_mode():
         for x in frames[:8]:
             sm(x)
     table = layer_times_table(layer_times(sm, frames[8:]))
-    title = f"{args.model} {args.size}, {args.fraction:.0%} changed, {args.frames} frames, {torch.get_num_threads()} threads"
+    title = f"{args.model} {args.size}, {scene}, {args.frames} frames, {torch.get_num_threads()} threads"
     print(title + "\n\n" + table)
     if args.out:
         with open(args.out, "w") as f:
