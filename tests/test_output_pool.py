@@ -5,6 +5,8 @@ for its frame, read back after later frames ran."""
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import fxsparse
@@ -145,3 +147,36 @@ def test_outputs_made_under_inference_mode_are_not_reused_outside_it_or_the_reve
         y = sm(frames[0])
         assert y["out"].is_inference()
         assert_close_scaled(y, expected[0])
+
+
+@given(st.lists(st.sampled_from(["drop", "keep", "view", "numpy", "modify_drop"]), min_size=3, max_size=12),
+       st.integers(0, 2**16))
+def test_whatever_the_caller_holds_never_changes(actions, seed):
+    """Random hold / release patterns: every output the caller still holds (a tensor, a view, a numpy array)
+    keeps the value it had when returned, however many calls follow."""
+    torch.manual_seed(seed)
+    net = _Segmenter().eval()
+    sm = fxsparse.transform(net)
+    frames = [torch.rand(1, 3, 16, 20)]
+    for i in range(len(actions)):
+        f = frames[-1].clone()
+        f[:, :, i % 13 : i % 13 + 3, 2 * i % 17 : 2 * i % 17 + 3] += 0.5
+        frames.append(f)
+    held = []
+    for f, action in zip(frames, ["drop"] + actions):
+        y = sm(f)["out"]
+        if action == "keep":
+            held.append((y, y.clone()))
+        elif action == "view":
+            held.append((y[0, 1:3], y[0, 1:3].clone()))
+        elif action == "numpy":
+            held.append((y.numpy(), y.numpy().copy()))
+        elif action == "modify_drop":
+            y.fill_(-1.0)
+        del y
+    sm(frames[0])  # and one more call after the last
+    for value, snapshot in held:
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, snapshot)
+        else:
+            torch.testing.assert_close(value, snapshot, rtol=0, atol=0)
