@@ -119,6 +119,7 @@ class TuneResult:
     # each constrained metric between the dense model's consecutive outputs, aggregated like the constraint:
     # how much the model itself moves from frame to frame on this clip, next to the target asked of fxsparse
     dense_jitter: dict[str, float] = field(default_factory=dict)
+    pixel_scale: float = 255.0  # input thresholds times this are on the 0-255 scale (1 for integer frames)
 
     def __str__(self) -> str:
         names = list(self.chosen.metrics)
@@ -131,7 +132,7 @@ class TuneResult:
         for p in self.curve:
             mark = "**chosen**" if p is self.chosen else ("yes" if p.ok else "no")
             scale = f"{p.scale:g}" if p.group_scales is None else "groups " + "/".join(f"{g:g}" for g in p.group_scales)
-            lines.append(f"| {p.input_threshold * 255:.0f}/255 | {scale} | {p.executed_fraction:.1%} | "
+            lines.append(f"| {p.input_threshold * self.pixel_scale:.0f}/255 | {scale} | {p.executed_fraction:.1%} | "
                          + " | ".join(f"{p.metrics[n]:.4f}" for n in names) + f" | {mark} |")
         return "\n".join(lines)
 
@@ -197,6 +198,9 @@ def dense_jitter(dense_outputs: Sequence, constraints: dict, metric_fns=None, me
     return _aggregate(values, metric_fns, mean_metrics)
 
 
+DEFAULT_PIXEL_THRESHOLDS = (0, 2, 4, 8, 16)  # tune's default input-threshold grid, on the 0-255 scale
+
+
 def tune(
     model,
     frames: Sequence[torch.Tensor],
@@ -205,7 +209,7 @@ def tune(
     metric: str | None = None,
     target: float | None = None,
     decode: Callable | None = None,
-    input_thresholds: Sequence[float] = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
+    input_thresholds: Sequence[float] | None = None,
     scales: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
     objective: str = "macs",
     base_config: dict | None = None,
@@ -221,7 +225,9 @@ def tune(
         constraints: metric name -> target, all must hold: ``max_rel_error``/``mean_rel_error`` (at most),
             ``top1``/``miou``/``box_f1`` (at least). Or give one ``metric`` and ``target``.
         decode: for ``box_f1``: output -> list of [N, 4] boxes per stream.
-        input_thresholds, scales: the grid (see module docstring).
+        input_thresholds, scales: the grid (see module docstring). ``input_thresholds`` are in the frames'
+            units; default 0, 2, 4, 8 and 16 on the 0-255 scale (``k / 255`` for float frames, ``k`` for
+            integer frames: Note [Integer frames]).
         objective: ``"macs"`` (fewest executed MACs; deterministic) or ``"time"`` (lowest median time).
         base_config: fixed ``transform`` arguments every point uses (e.g. ``{"input_open": 1}``).
         metrics: your own metrics, ``{name: (fn(sparse_out, dense_out) -> float, higher_is_better, "mean" | "worst")}``,
@@ -251,6 +257,9 @@ def tune(
     frames = list(frames)
     if len(frames) < 2:
         raise ValueError("tune needs at least 2 calibration frames (the first fills the caches)")
+    pixel_scale = 1.0 if not frames[0].is_floating_point() else 255.0  # frame units per 0-255 pixel step
+    if input_thresholds is None:
+        input_thresholds = [k / pixel_scale for k in DEFAULT_PIXEL_THRESHOLDS]
     model = model.eval()
     with torch.inference_mode():
         dense = [model(x) for x in frames]
@@ -287,7 +296,8 @@ def tune(
         best, group_scales = _refine_groups(best, layer_scales, refine_groups, scales, base_config, run, key)
     threshold = _thresholds(layer_scales, best.scale, group_scales)
     config = {**(base_config or {}), "input_threshold": best.input_threshold, "threshold": threshold}
-    return TuneResult(config, best, curve, layer_scales, dense_jitter(dense, constraints, metric_fns, means))
+    return TuneResult(config, best, curve, layer_scales, dense_jitter(dense, constraints, metric_fns, means),
+                      pixel_scale)
 
 
 def _depth_groups(layer_scales: dict[str, float], n: int) -> list[list[str]]:

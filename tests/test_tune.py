@@ -108,3 +108,17 @@ def test_group_refinement_cuts_work_the_grid_cannot():
     check = fxsparse.evaluate(net, frames, result.config, {"mean_rel_error": 0.03})
     assert check.ok and check.executed_fraction == pytest.approx(result.chosen.executed_fraction)
     assert "groups " in str(result)
+
+
+def test_the_default_threshold_grid_follows_the_frames_units():
+    """The default input-threshold grid is 0, 2, 4, 8, 16 on the 0-255 scale: k / 255 for float frames, k for
+    uint8 frames fed to a model that converts them (Note [Integer frames])."""
+    net = _net()
+    floats = _noisy_scene(4)
+    result = fxsparse.tune(net, floats, constraints={"max_rel_error": 10.0}, scales=(0,))
+    assert sorted({p.input_threshold for p in result.curve}) == pytest.approx([0, 2 / 255, 4 / 255, 8 / 255, 16 / 255])
+    pixels = [fxsparse.pixels.to_pixels(x) for x in floats]
+    wrapped = nn.Sequential(fxsparse.PixelNormalize((0, 0, 0), (1, 1, 1)), net).eval()
+    result = fxsparse.tune(wrapped, pixels, constraints={"max_rel_error": 10.0}, scales=(0,))
+    assert sorted({p.input_threshold for p in result.curve}) == [0, 2, 4, 8, 16]
+    assert "| 16/255 |" in str(result) and result.pixel_scale == 1.0
