@@ -32,6 +32,7 @@ from . import ops
 from .kernels import tiles as T
 from .kernels.buckets import bucket, bucket_span, pad_index
 from .rules import get_change_rule
+from .rules.window import _epilogue, _gemm
 
 
 @dataclass
@@ -155,12 +156,8 @@ def _pointwise_gemm(step, z, weight_t, residual):
     oneDNN's conv costs a primitive per crop shape, 0.1-0.3 ms per call in the walk)."""
     b, c, h, w = z.shape
     rows = z.permute(0, 2, 3, 1).reshape(-1, c)  # a view: the crop is channels-last contiguous
-    bias = step.consts[2]
-    y = torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)
-    y = y.view(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last [B, C_out, h, w], no copy
-    if residual is not None:
-        y = y.add_(residual)
-    return ops.apply_activation_(y, step.node.args[7])
+    y = _gemm(rows, weight_t, step.consts[2]).view(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last, no copy
+    return _epilogue(step, None, y, residual)  # the per-layer GEMM's residual add and activation
 
 
 def run_dense(chain: Chain, ctx) -> int:
