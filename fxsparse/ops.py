@@ -14,6 +14,8 @@ import operator
 import torch
 import torch.nn.functional as F
 
+from .packed_weights import PACKED_MIN_OUTPUT, packed_weight
+
 # -- activations ---------------------------------------------------------------
 # An activation is named by a hashable spec: (name, *params).
 
@@ -109,30 +111,33 @@ def _onednn_conv(x, weight, bias, stride, padding, dilation, groups, act, residu
     if not _ONEDNN or x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype or \
             x.device.type != "cpu" or x.dim() != 4:
         return None
-    if act is None and residual is None:
-        return None  # nothing to fuse: F.conv2d is the same oneDNN kernel
-    out_hw = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
-                   for n, p, d, k, s in zip(x.shape[2:], padding, dilation, weight.shape[2:], stride))
-    if x.shape[0] * weight.shape[0] * out_hw[0] * out_hw[1] < FUSE_MIN_OUTPUT:
-        return None
     if act is not None and act[0] not in _ONEDNN_UNARY:
         return None
     if x.dtype == torch.bfloat16 and (residual is not None or (act is not None and act[0] not in ("relu", "hardtanh"))):
         return None  # oneDNN adds / scales before rounding to bfloat16, PyTorch after: a bfloat16 ulp apart
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return None
+    geometry = zip(x.shape[2:], padding, dilation, weight.shape[2:], stride)
+    out_shape = (x.shape[0], weight.shape[0]) + tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in geometry)
+    if residual is not None and (act not in (None, ("relu",)) or residual.dtype != x.dtype or
+                                 tuple(residual.shape) != out_shape or
+                                 not (x.is_contiguous(memory_format=torch.channels_last) and
+                                      residual.is_contiguous(memory_format=torch.channels_last))):
+        return None  # oneDNN's binary fusion takes relu only after the add; shapes and layouts must match
+    out_elements = out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]
+    packed = None
+    if out_elements >= PACKED_MIN_OUTPUT:  # Note [Packed conv weights]
+        packed = packed_weight(weight, x.shape, padding, stride, dilation, groups)
+    if packed is None and (out_elements < FUSE_MIN_OUTPUT or (act is None and residual is None)):
+        return None  # nothing to fuse: F.conv2d is the same oneDNN kernel
+    weight = weight if packed is None else packed
     unary, scalars, algorithm = _ONEDNN_UNARY[act[0]](*act[1:]) if act is not None else (None, [], None)
+    padding, stride, dilation = list(padding), list(stride), list(dilation)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, list(padding), list(stride), list(dilation), groups, unary, scalars, algorithm)
-    channels_last = torch.channels_last
-    if act not in (None, ("relu",)) or residual.dtype != x.dtype or \
-            tuple(residual.shape) != (x.shape[0], weight.shape[0]) + out_hw or \
-            not (x.is_contiguous(memory_format=channels_last) and residual.is_contiguous(memory_format=channels_last)):
-        return None  # oneDNN's binary fusion takes relu only after the add; shapes and layouts must match
+            x, weight, bias, padding, stride, dilation, groups, unary or "none", scalars, algorithm or "")
     return torch.ops.mkldnn._convolution_pointwise.binary(
-        x, residual, weight, bias, list(padding), list(stride), list(dilation), groups, "add", 1.0, unary, scalars,
-        algorithm)
+        x, residual, weight, bias, padding, stride, dilation, groups, "add", 1.0, unary, scalars, algorithm)
 
 
 def conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation):

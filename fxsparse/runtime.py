@@ -34,6 +34,7 @@ from .errors import InputError, InputTypeError
 from .kernels import tiles as T
 from .kernels.rows import RowCache
 from .output_pool import OutputPool
+from .packed_weights import packed_conv_weights
 from .rules import ChangeRule, get_change_rule
 from .rules.masks import Box, box_of, mask_shape
 from .stats import CoverageEntry, CoverageReport, FrameStats, LayerStats
@@ -717,6 +718,7 @@ class SparseModule(nn.Module):
         self.fuse_chains = fuse_chains
         self.copy_outputs = copy_outputs  # False: callers get the output buffers themselves (transform's doc)
         self._output_pool = OutputPool()
+        self._packed_weights: dict = {}  # Note [Packed conv weights]: per weight and input shape, for this module's state
         self.input_policy = input_policy
         self.in_channels = in_channels
         self._engine: Engine | None = None
@@ -738,7 +740,7 @@ class SparseModule(nn.Module):
     # -- public API ------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor):
-        with torch.inference_mode():
+        with torch.inference_mode(), packed_conv_weights(self._packed_weights):
             result = self._step(x)
         # Copies made outside inference mode are ordinary tensors: callers may modify them in place
         # or use them with autograd, as they can the dense model's output. Floating outputs come back in
@@ -802,6 +804,7 @@ class SparseModule(nn.Module):
         if streams is None or self._engine is None:
             self._engine = None
             self._full_streams = None
+            self._packed_weights.clear()  # packed for the old shapes (a new frame size packs anew)
             return
         idx = torch.as_tensor(streams, dtype=torch.long).view(-1)
         batch = self._engine.batch
