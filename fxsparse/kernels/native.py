@@ -1,0 +1,157 @@
+"""Small C kernels, compiled on first use with the system's C compiler and loaded with ctypes.
+
+Note [Native depthwise box]: a depthwise conv on a changed box went through oneDNN on a crop: a copy of the
+input crop, the conv into a fresh tensor, a copy of the result back into the cache, and oneDNN's per-call
+set-up, ~0.3-0.4 ms per call inside mobilenet_v2's walk for 15-75 us of kernel time. ``depthwise.c`` reads
+the input cache and writes the output cache in place, bias and activation included, in channel blocks that
+stay in registers; OpenMP threads only above ~0.2 M multiply-adds (isolated, 2 threads: 233 -> 55 us for a
+[384, 20x20] box, 475 -> 177 us for [576, 25x30], 296 -> 98 us for [96, 20x22]).
+
+Why C through ``ctypes`` and not a PyTorch C++ extension: the extension's headers take ~27 s to compile
+here, this file ~0.4 s. The library is built once per source, compiler and CPU (``-march=native``) into
+``$FXSPARSE_CACHE`` (default ``~/.cache/fxsparse``); it links the OpenMP runtime PyTorch has loaded
+(``libgomp.so.1``, shared by soname, so one thread pool), or builds without threads when PyTorch uses
+another runtime. Without a compiler, or with ``FXSPARSE_NATIVE=0``, :func:`depthwise_box` returns False
+and the callers keep the oneDNN path; :func:`status` says which and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import torch
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise.c")
+_ACTIVATIONS = {None: (0, 0.0, 0.0), ("relu",): (1, 0.0, 0.0), ("hardswish",): (3, 0.0, 0.0)}
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_status = "not built yet"
+
+
+def _openmp_flag() -> str | None:
+    """``-fopenmp`` when PyTorch's own OpenMP runtime is GNU's (the library then shares its thread pool)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "-fopenmp" if "libgomp" in f.read() else None
+    except OSError:
+        return None
+
+
+def _cpu_key() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return sys.platform
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc / gcc) on PATH")
+    flags = ["-O3", "-march=native", "-shared", "-fPIC"] + [f for f in [_openmp_flag()] if f]
+    with open(_SOURCE, "rb") as f:
+        source = f.read()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha1(source + " ".join(flags).encode() + version.encode() + _cpu_key().encode()).hexdigest()[:16]
+    folder = os.environ.get("FXSPARSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fxsparse")
+    path = os.path.join(folder, f"depthwise-{key}.so")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+        try:
+            done = subprocess.run([compiler, *flags, _SOURCE, "-o", tmp], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[:500]}")
+            os.replace(tmp, path)  # atomic: a concurrent process sees the old state or the whole library
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    lib = ctypes.CDLL(path)
+    i64, ptr, act = ctypes.c_int64, ctypes.c_void_p, [ctypes.c_int, ctypes.c_float, ctypes.c_float]
+    lib.fxsparse_depthwise_box.argtypes = [ptr] * 4 + [i64] * 18 + act
+    lib.fxsparse_depthwise_rows.argtypes = [ptr] * 5 + [i64] * 14 + act
+    lib.fxsparse_depthwise_box.restype = lib.fxsparse_depthwise_rows.restype = None
+    return lib
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _status
+    if _lib is not None or _status != "not built yet":
+        return _lib
+    with _lock:
+        if _lib is None and _status == "not built yet":
+            if os.environ.get("FXSPARSE_NATIVE", "1") == "0":
+                _status = "off (FXSPARSE_NATIVE=0)"
+            else:
+                try:
+                    _lib = _build()
+                    _status = "loaded"
+                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                    _status = f"unavailable: {e}"
+    return _lib
+
+
+def status() -> str:
+    """``"loaded"``, or why the native kernels are not used (they are built on the first call that needs them)."""
+    _library()
+    return _status
+
+
+def activation_code(act) -> tuple[int, float, float] | None:
+    """The kernel's code for activation spec ``act`` (None: not supported natively)."""
+    if act is not None and act[0] == "hardtanh":
+        return 2, float(act[1]), float(act[2])
+    return _ACTIVATIONS.get(act)
+
+
+def _runnable(inp, out, taps, bias, act) -> tuple | None:
+    """(library, activation code) when the kernel can run this conv, else None."""
+    code = activation_code(act)
+    if code is None or any(t.dtype != torch.float32 or not t.is_contiguous() for t in (inp, out, taps)):
+        return None
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        return None
+    lib = _library()
+    return None if lib is None else (lib, code)
+
+
+def available() -> bool:
+    """Are the native kernels built and loaded (building them now if need be)?"""
+    return _library() is not None
+
+
+def depthwise_box(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
+                  in_hw, out_hw, kernel, stride, pad_top_left, dilation, box, act) -> bool:
+    """Recompute output ``box`` (y0, y1, x0, x1) of a depthwise conv for every stream, in place in ``out``
+    (Note [Native depthwise box]). ``inp`` / ``out``: channels-last rows ``[B * H * W, C]``; ``taps``:
+    ``[kh * kw, C]``. Returns False, touching nothing, where the kernel cannot run it."""
+    run = _runnable(inp, out, taps, bias, act)
+    if run is None:
+        return False
+    (h, w), (ho, wo) = in_hw, out_hw
+    run[0].fxsparse_depthwise_box(
+        inp.data_ptr(), out.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(),
+        inp.shape[0] // (h * w), inp.shape[1], h, w, ho, wo, *kernel, *stride, *pad_top_left, *dilation, *box, *run[1])
+    return True
+
+
+def depthwise_rows(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
+                   rows: torch.Tensor, in_hw, out_hw, kernel, stride, pad_top_left, dilation, act) -> bool:
+    """:func:`depthwise_box` for the output rows ``rows`` (int64 flat indices into ``out``) instead of a box."""
+    run = _runnable(inp, out, taps, bias, act)
+    if run is None or rows.dtype != torch.int64 or not rows.is_contiguous():
+        return False
+    (h, w), (ho, wo) = in_hw, out_hw
+    run[0].fxsparse_depthwise_rows(
+        inp.data_ptr(), out.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(), rows.data_ptr(),
+        len(rows), inp.shape[1], h, w, ho, wo, *kernel, *stride, *pad_top_left, *dilation, *run[1])
+    return True

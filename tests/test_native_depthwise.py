@@ -1,0 +1,152 @@
+"""Note [Native depthwise box]: the C depthwise kernel reads and writes the caches in place. It must equal
+PyTorch's conv (bias and activation included) on the box or rows it is given, touch nothing else, decline
+what it cannot run, and fxsparse must stay exact with it and without it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxsparse
+from conftest import assert_close_scaled, moving_object_frames
+from fxsparse import ops
+from fxsparse.kernels import native
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
+
+ACTS = [None, ("relu",), ("hardtanh", 0.0, 6.0), ("hardswish",)]
+
+
+def _rows(x):  # [B, C, H, W] -> channels-last rows [B * H * W, C]
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).contiguous()
+
+
+def _case(c, k, stride, dilation, bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c, 13, 17, generator=g)
+    w = torch.randn(c, 1, k, k, generator=g)
+    b = torch.randn(c, generator=g) if bias else None
+    pad = dilation * (k - 1) // 2
+    return x, w, b, pad
+
+
+@needs_native
+@pytest.mark.parametrize("c", [1, 16, 24, 64, 100])  # the kernel's channel blocks: 64, 16, then one by one
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2)])
+@pytest.mark.parametrize("act", ACTS, ids=["none", "relu", "relu6", "hardswish"])
+def test_box_equals_pytorchs_conv_there_and_leaves_the_rest(c, k, stride, dilation, act):
+    x, w, b, pad = _case(c, k, stride, dilation, bias=c != 24)
+    expected = ops.apply_activation(F.conv2d(x, w, b, stride, pad, dilation, c), act)
+    ho, wo = expected.shape[2:]
+    sentinel = torch.full((2 * ho * wo, c), 7.0)
+    out = sentinel.clone()
+    box = (1, ho - 1, 0, wo - 2)  # touches the left edge, stays off the others
+    taps = w.flatten(1).t().contiguous()
+    assert native.depthwise_box(_rows(x), out, taps, b, (13, 17), (ho, wo), (k, k), (stride, stride), (pad, pad),
+                                (dilation, dilation), box, act)
+    got = out.view(2, ho, wo, c).permute(0, 3, 1, 2)
+    y0, y1, x0, x1 = box
+    torch.testing.assert_close(got[:, :, y0:y1, x0:x1], expected[:, :, y0:y1, x0:x1], rtol=1e-5, atol=1e-5)
+    inside = torch.zeros(2, ho, wo, dtype=torch.bool)
+    inside[:, y0:y1, x0:x1] = True
+    assert torch.equal(out[~inside.view(-1)], sentinel[~inside.view(-1)])
+
+
+@needs_native
+@pytest.mark.parametrize("act", ACTS, ids=["none", "relu", "relu6", "hardswish"])
+def test_rows_equal_pytorchs_conv_at_those_rows_only(act):
+    x, w, b, pad = _case(40, 3, 1, 1, bias=True, seed=1)
+    expected = _rows(ops.apply_activation(F.conv2d(x, w, b, 1, pad, 1, 40), act))
+    rows = torch.randperm(len(expected), generator=torch.Generator().manual_seed(2))[:50]
+    out = torch.zeros_like(expected)
+    assert native.depthwise_rows(_rows(x), out, w.flatten(1).t().contiguous(), b, rows, (13, 17), (13, 17), (3, 3),
+                                 (1, 1), (1, 1), (1, 1), act)
+    torch.testing.assert_close(out[rows], expected[rows], rtol=1e-5, atol=1e-5)
+    others = torch.ones(len(out), dtype=torch.bool)
+    others[rows] = False
+    assert not out[others].any()
+
+
+def test_what_the_kernel_cannot_run_is_declined_untouched():
+    x, w, b, pad = _case(16, 3, 1, 1, bias=True)
+    taps, inp = w.flatten(1).t().contiguous(), _rows(x)
+    out = torch.zeros(2 * 13 * 17, 16)
+    args = ((13, 17), (13, 17), (3, 3), (1, 1), (1, 1), (1, 1), (0, 13, 0, 17))
+    assert not native.depthwise_box(inp, out, taps, b, *args, ("sigmoid",))  # no native form: PyTorch's own
+    assert not native.depthwise_box(inp.bfloat16(), out.bfloat16(), taps.bfloat16(), b.bfloat16(), *args, None)
+    assert not native.depthwise_box(inp, out, taps.t(), b, *args, None)  # not contiguous
+    assert not out.any()
+
+
+class _Blocks(nn.Module):
+    """MobileNetV2-like blocks (expand, depthwise with relu6, project + residual) and a 5x5 hardswish one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 1, 1)
+        self.expand = nn.Sequential(nn.Conv2d(16, 96, 1), nn.BatchNorm2d(96), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(96, 96, 3, 1, 1, groups=96), nn.BatchNorm2d(96), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(96, 16, 1), nn.BatchNorm2d(16))
+        self.dw5 = nn.Sequential(nn.Conv2d(16, 16, 5, 2, 2, groups=16), nn.Hardswish())
+        self.head = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y + self.project(self.dw(self.expand(y)))
+        return self.head(self.dw5(y))
+
+
+@needs_native
+def test_sparse_module_uses_the_kernel_and_equals_dense():
+    torch.manual_seed(0)
+    net = _Blocks().eval()
+    ran = []
+
+    def spy(fn):
+        def call(*args):
+            ran.append((fn.__name__, fn(*args)))
+            return ran[-1][1]
+        return call
+
+    with mock.patch.object(native, "depthwise_box", spy(native.depthwise_box)), \
+            mock.patch.object(native, "depthwise_rows", spy(native.depthwise_rows)):
+        sm = fxsparse.transform(net)
+        frames = moving_object_frames(1, 64, 80, 5)
+        scattered = frames[-1].clone()
+        for y, x in ((2, 3), (60, 75), (5, 70), (58, 4)):  # changes far apart: gathered rows
+            scattered[:, :, y, x] += 1.0
+        for x in frames + [scattered]:
+            with torch.no_grad():
+                expected = net(x)
+            assert_close_scaled(sm(x), expected)
+    assert ("depthwise_box", True) in ran and ("depthwise_rows", True) in ran
+
+
+def test_without_a_compiler_or_switched_off_fxsparse_keeps_the_onednn_path(tmp_path):
+    """In fresh processes: the kernels are built on first use, so their state is per process."""
+    script = textwrap.dedent("""
+        import torch, fxsparse
+        from fxsparse.kernels import native
+        from torch import nn
+        net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6())
+        sm = fxsparse.transform(net.eval())
+        x = torch.rand(1, 3, 32, 32)
+        sm(x)
+        x[:, :, 10:14, 10:14] = 1.0
+        with torch.no_grad():
+            err = float((sm(x) - net(x)).abs().max())
+        print(native.status(), "|", err)
+    """)
+    for env, expected in (({"FXSPARSE_NATIVE": "0"}, "off (FXSPARSE_NATIVE=0)"),
+                          ({"CC": "/bin/false", "FXSPARSE_CACHE": str(tmp_path)}, "unavailable: /bin/false failed")):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=120)
+        assert done.returncode == 0, done.stderr
+        status, err = done.stdout.strip().rsplit("|", 1)
+        assert status.strip().startswith(expected) and float(err) < 1e-5
