@@ -362,7 +362,7 @@ def _conv_on_box(step, ctx, box):
     h, w = inp.shape[2:]
     res = _residual(step)
     a = step.node.args
-    if res is None and "tap_weights" in step.config and native.depthwise_box(
+    if step.config.get("native") and native.depthwise_box(
             inp.buf, out.buf, step.config["tap_weights"], step.consts[2], (h, w), out.shape[2:], (kh, kw), (sh, sw),
             (pt, pl), (dh, dw), box, a[7]):
         return  # Note [Native depthwise box]: read and written in place, no crop
