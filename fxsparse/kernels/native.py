@@ -1,18 +1,23 @@
-"""Small C kernels, compiled on first use with the system's C compiler and loaded with ctypes.
+"""Small C kernels that work on the caches and masks in place, compiled on first use with the system's C
+compiler and loaded with ctypes (one library from ``depthwise.c`` and ``masks.c``).
 
 Note [Native depthwise box]: a depthwise conv on a changed box went through oneDNN on a crop: a copy of the
 input crop, the conv into a fresh tensor, a copy of the result back into the cache, and oneDNN's per-call
-set-up, ~0.3-0.4 ms per call inside mobilenet_v2's walk for 15-75 us of kernel time. ``depthwise.c`` reads
+set-up, ~0.15-0.2 ms per call inside mobilenet_v2's walk for 15-75 us of kernel time. ``depthwise.c`` reads
 the input cache and writes the output cache in place, bias and activation included, in channel blocks that
 stay in registers; OpenMP threads only above ~0.2 M multiply-adds (isolated, 2 threads: 233 -> 55 us for a
 [384, 20x20] box, 475 -> 177 us for [576, 25x30], 296 -> 98 us for [96, 20x22]).
 
+Note [Native mask footprint]: ``masks.c`` writes a window op's change mask (max over each output's window,
+zero outside the image) straight into the output box, instead of crop, pad, shifted-slice maxima and copy
+(30-64 -> 10-27 us per layer, isolated).
+
 Why C through ``ctypes`` and not a PyTorch C++ extension: the extension's headers take ~27 s to compile
-here, this file ~0.4 s. The library is built once per source, compiler and CPU (``-march=native``) into
-``$FXSPARSE_CACHE`` (default ``~/.cache/fxsparse``); it links the OpenMP runtime PyTorch has loaded
-(``libgomp.so.1``, shared by soname, so one thread pool), or builds without threads when PyTorch uses
-another runtime. Without a compiler, or with ``FXSPARSE_NATIVE=0``, :func:`depthwise_box` returns False
-and the callers keep the oneDNN path; :func:`status` says which and why.
+here, these files under a second. The library is built once per source, compiler and CPU
+(``-march=native``) into ``$FXSPARSE_CACHE`` (default ``~/.cache/fxsparse``); it links the OpenMP runtime
+PyTorch has loaded (``libgomp.so.1``, shared by soname, so one thread pool), or builds without threads when
+PyTorch uses another runtime. Without a compiler, or with ``FXSPARSE_NATIVE=0``, every function here
+returns False and the callers keep their PyTorch path; :func:`status` says which and why.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import threading
 
 import torch
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise.c")
+_SOURCES = [os.path.join(os.path.dirname(os.path.abspath(__file__)), name) for name in ("depthwise.c", "masks.c")]
 _ACTIVATIONS = {None: (0, 0.0, 0.0), ("relu",): (1, 0.0, 0.0), ("hardswish",): (3, 0.0, 0.0)}
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -57,18 +62,20 @@ def _build() -> ctypes.CDLL:
     if compiler is None:
         raise RuntimeError("no C compiler (cc / gcc) on PATH")
     flags = ["-O3", "-march=native", "-shared", "-fPIC"] + [f for f in [_openmp_flag()] if f]
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
+    source = b""
+    for path in _SOURCES:
+        with open(path, "rb") as f:
+            source += f.read()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha1(source + " ".join(flags).encode() + version.encode() + _cpu_key().encode()).hexdigest()[:16]
     folder = os.environ.get("FXSPARSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fxsparse")
-    path = os.path.join(folder, f"depthwise-{key}.so")
+    path = os.path.join(folder, f"native-{key}.so")
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         os.close(fd)
         try:
-            done = subprocess.run([compiler, *flags, _SOURCE, "-o", tmp], capture_output=True, text=True)
+            done = subprocess.run([compiler, *flags, *_SOURCES, "-o", tmp], capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[:500]}")
             os.replace(tmp, path)  # atomic: a concurrent process sees the old state or the whole library
@@ -79,7 +86,8 @@ def _build() -> ctypes.CDLL:
     i64, ptr, act = ctypes.c_int64, ctypes.c_void_p, [ctypes.c_int, ctypes.c_float, ctypes.c_float]
     lib.fxsparse_depthwise_box.argtypes = [ptr] * 4 + [i64] * 18 + act
     lib.fxsparse_depthwise_rows.argtypes = [ptr] * 5 + [i64] * 14 + act
-    lib.fxsparse_depthwise_box.restype = lib.fxsparse_depthwise_rows.restype = None
+    lib.fxsparse_window_max.argtypes = [ptr] * 2 + [i64] * 17
+    lib.fxsparse_depthwise_box.restype = lib.fxsparse_depthwise_rows.restype = lib.fxsparse_window_max.restype = None
     return lib
 
 
@@ -154,4 +162,18 @@ def depthwise_rows(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, bia
     run[0].fxsparse_depthwise_rows(
         inp.data_ptr(), out.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(), rows.data_ptr(),
         len(rows), inp.shape[1], h, w, ho, wo, *kernel, *stride, *pad_top_left, *dilation, *run[1])
+    return True
+
+
+def window_max(mask: torch.Tensor, out: torch.Tensor, kernel, stride, pad_top_left, dilation, box) -> bool:
+    """``out[box] = max over each output's window of mask`` (zero outside the image), for 0/1 masks
+    ``[B, 1, H, W]`` (Note [Native mask footprint], ``masks.c``). False, touching nothing, where it cannot."""
+    if mask.dtype != torch.float32 or out.dtype != torch.float32 or not (mask.is_contiguous() and out.is_contiguous()):
+        return False
+    lib = _library()
+    if lib is None:
+        return False
+    b, _, h, w = mask.shape
+    lib.fxsparse_window_max(mask.data_ptr(), out.data_ptr(), b, h, w, out.shape[2], out.shape[3], *kernel, *stride,
+                            *pad_top_left, *dilation, *box)
     return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels import native
 from ..kernels.morphology import window_max
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (end exclusive)
@@ -76,6 +77,8 @@ def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation
     ox0, ox1 = window_out_range(box[2], box[3], kw, sw, pl, dw, wo)
     if oy0 >= oy1 or ox0 >= ox1:
         return None
+    if native.window_max(mask, out, kernel, stride, pad_top_left, dilation, (oy0, oy1, ox0, ox1)):
+        return oy0, oy1, ox0, ox1  # Note [Native mask footprint]: no crop, pad or pooling passes
     # input rows/cols read by those outputs, in input coordinates
     iy0, iy1 = oy0 * sh - pt, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1
     ix0, ix1 = ox0 * sw - pl, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1

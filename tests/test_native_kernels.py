@@ -1,6 +1,8 @@
-"""Note [Native depthwise box]: the C depthwise kernel reads and writes the caches in place. It must equal
-PyTorch's conv (bias and activation included) on the box or rows it is given, touch nothing else, decline
-what it cannot run, and fxsparse must stay exact with it and without it."""
+"""The C kernels (fxsparse/kernels/native.py). Note [Native depthwise box]: the depthwise kernel reads and
+writes the caches in place; it must equal PyTorch's conv (bias and activation included) on the box or rows
+it is given, touch nothing else, decline what it cannot run, and fxsparse must stay exact with it and
+without it. Note [Native mask footprint]: a window's footprint on a 0/1 mask equals max pooling of the
+zero-padded mask inside the box."""
 
 import os
 import subprocess
@@ -11,6 +13,8 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import fxsparse
@@ -150,3 +154,27 @@ def test_without_a_compiler_or_switched_off_fxsparse_keeps_the_onednn_path(tmp_p
         assert done.returncode == 0, done.stderr
         status, err = done.stdout.strip().rsplit("|", 1)
         assert status.strip().startswith(expected) and float(err) < 1e-5
+
+
+@needs_native
+@given(st.data())
+def test_mask_footprint_is_max_pooling_of_the_zero_padded_mask(data):
+    b, h, w = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 20)), data.draw(st.integers(1, 20))
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    sh, sw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    dh, dw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    pt, pl = data.draw(st.integers(0, dh * (kh - 1))), data.draw(st.integers(0, dw * (kw - 1)))
+    ho, wo = (h + 2 * pt - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pl - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        return
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    mask = (torch.rand(b, 1, h, w, generator=g) > data.draw(st.sampled_from([0.5, 0.95]))).float()
+    expected = F.max_pool2d(F.pad(mask, (pl, pl, pt, pt)), (kh, kw), (sh, sw), 0, (dh, dw))
+    oy0, ox0 = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
+    box = (oy0, data.draw(st.integers(oy0 + 1, ho)), ox0, data.draw(st.integers(ox0 + 1, wo)))
+    out = torch.full((b, 1, ho, wo), 7.0)
+    assert native.window_max(mask, out, (kh, kw), (sh, sw), (pt, pl), (dh, dw), box)
+    y0, y1, x0, x1 = box
+    assert torch.equal(out[:, :, y0:y1, x0:x1], expected[:, :, y0:y1, x0:x1])
+    out[:, :, y0:y1, x0:x1] = 7.0
+    assert (out == 7.0).all()  # nothing outside the box
