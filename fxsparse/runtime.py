@@ -31,6 +31,7 @@ from torch import nn
 
 from . import chains, ops
 from .errors import InputError, InputTypeError
+from .kernels import native
 from .kernels import tiles as T
 from .kernels.rows import RowCache
 from .output_pool import OutputPool
@@ -435,30 +436,36 @@ class Engine:
     # -- per frame -------------------------------------------------------------------
 
     def input_mask(self, x: torch.Tensor, threshold: float, full_streams: torch.Tensor | None,
-                   policy=None) -> torch.Tensor | None:
+                   policy=None, last_unchanged: bool = True) -> torch.Tensor | None:
         """Changed pixels: ``max_c |x - reference| > threshold`` (None when none changed). Reads state,
-        changes nothing.
+        changes nothing. ``last_unchanged``: the previous frame changed nothing, so this one is tested bit
+        for bit first (exact mode).
 
         Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
         small reduction over the ``[B, 1, H, W]`` difference replaces a full ``isfinite`` pass.
         """
-        if threshold == 0 and (full_streams is None or not len(full_streams)) and self._bitwise_equal(x):
+        full = full_streams is not None and len(full_streams) > 0
+        if threshold == 0 and not full and (last_unchanged or not native.available()) and self._bitwise_equal(x):
             return None  # a static scene in exact mode: one comparison, nothing allocated
-        if self._diff is None or self._diff.shape != x.shape:
-            self._diff = torch.empty_like(x)  # reused: a fresh 5 MB tensor per frame costs page faults
-        if x.is_floating_point():
-            diff = torch.sub(x, self._ref_frame, out=self._diff).abs_().amax(1, keepdim=True)
-        else:  # Note [Integer frames]: max - min, as x - ref would wrap around in uint8
-            high = torch.maximum(x, self._ref_frame, out=self._diff)
-            diff = high.sub_(torch.minimum(x, self._ref_frame)).amax(1, keepdim=True)
-        largest = float(diff.max())
+        # Note [Native input difference]: one pass over both frames writes the mask
+        found = native.input_difference(x, self._ref_frame, threshold)
+        if found is not None:
+            mask, largest = found
+        else:
+            if self._diff is None or self._diff.shape != x.shape:
+                self._diff = torch.empty_like(x)  # reused: a fresh 5 MB tensor per frame costs page faults
+            if x.is_floating_point():
+                diff = torch.sub(x, self._ref_frame, out=self._diff).abs_().amax(1, keepdim=True)
+            else:  # Note [Integer frames]: max - min, as x - ref would wrap around in uint8
+                high = torch.maximum(x, self._ref_frame, out=self._diff)
+                diff = high.sub_(torch.minimum(x, self._ref_frame)).amax(1, keepdim=True)
+            largest, mask = float(diff.max()), None
         if not math.isfinite(largest):
             _raise_non_finite(x)
-        full = full_streams is not None and len(full_streams) > 0
         if not full and largest <= threshold:
             return None  # a static scene: decided by the one reduction, no mask is made
-        # float32 0/1 in one pass, whatever the compute dtype: every mask is float32 (Note [Change rules])
-        mask = torch.gt(diff, threshold, out=torch.empty(diff.shape))
+        if mask is None:  # float32 0/1 in one pass, whatever the compute dtype: every mask is float32 (Note [Change rules])
+            mask = torch.gt(diff, threshold, out=torch.empty(diff.shape))
         if policy is not None and policy.active:
             mask = policy.apply(mask)
             if not full and not bool(mask.any()):
@@ -771,7 +778,8 @@ class SparseModule(nn.Module):
             self.stats = self._engine.dense_stats()
             return self._engine.outputs()
         engine = self._engine
-        mask = engine.input_mask(x, self.input_threshold, self._full_streams, self.input_policy)
+        mask = engine.input_mask(x, self.input_threshold, self._full_streams, self.input_policy,
+                                 last_unchanged=self.stats is None or self.stats.macs_executed == 0)
         self._full_streams = None
         if mask is None:
             engine.masks = {}

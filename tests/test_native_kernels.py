@@ -2,7 +2,8 @@
 writes the caches in place; it must equal PyTorch's conv (bias and activation included) on the box or rows
 it is given, touch nothing else, decline what it cannot run, and fxsparse must stay exact with it and
 without it. Note [Native mask footprint]: a window's footprint on a 0/1 mask equals max pooling of the
-zero-padded mask inside the box."""
+zero-padded mask inside the box. Note [Native input difference]: the input mask and the largest difference
+equal PyTorch's, NaN and inf included."""
 
 import os
 import subprocess
@@ -178,3 +179,38 @@ def test_mask_footprint_is_max_pooling_of_the_zero_padded_mask(data):
     assert torch.equal(out[:, :, y0:y1, x0:x1], expected[:, :, y0:y1, x0:x1])
     out[:, :, y0:y1, x0:x1] = 7.0
     assert (out == 7.0).all()  # nothing outside the box
+
+
+@needs_native
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("threshold", [0.0, 0.1])
+def test_input_difference_is_pytorchs(channels, threshold):
+    g = torch.Generator().manual_seed(channels)
+    ref = torch.rand(2, channels, 70, 90, generator=g)  # more than one 4096-pixel chunk per stream
+    x = ref.clone()
+    x[0, :, 10:20, 30:50] += torch.rand(channels, 10, 20, generator=g) * 0.3
+    x[1, -1, 60:, :7] -= 0.05
+    diff = (x - ref).abs().amax(1, keepdim=True)
+    mask, largest = native.input_difference(x, ref, threshold)
+    assert torch.equal(mask, (diff > threshold).float()) and largest == float(diff.max())
+    assert native.input_difference(ref.clone(), ref, 0.0)[1] == 0.0
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[1, 0, 69, 89] = bad  # the last pixel of the last stream
+        assert float(native.input_difference(y, ref, threshold)[1]) != float(diff.max())
+        assert not torch.isfinite(torch.tensor(native.input_difference(y, ref, threshold)[1]))
+    assert native.input_difference(x.double(), ref.double(), 0.0) is None  # float32 only: PyTorch's path
+
+
+@needs_native
+def test_frames_alternating_changed_and_unchanged_equal_dense():
+    """A changed frame, then the same frame again (the one-pass difference finds nothing), then a bitwise
+    repeat (tested with torch.equal first): each equals the dense model."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+    sm = fxsparse.transform(net)
+    frames = moving_object_frames(1, 40, 48, 4)
+    for x in [frames[0], frames[1], frames[1].clone(), frames[1], frames[2], frames[2]]:
+        with torch.no_grad():
+            expected = net(x)
+        assert_close_scaled(sm(x), expected)
+    assert sm.stats.macs_executed == 0  # the repeated frame changed nothing
