@@ -58,6 +58,7 @@ def _openmp_flag() -> str | None:
 
 
 def _cpu_key() -> str:
+    """The CPU's feature flags: ``-march=native`` code must not be loaded on another CPU sharing the cache."""
     try:
         with open("/proc/cpuinfo") as f:
             return next((line for line in f if line.startswith("flags")), "")
@@ -113,7 +114,7 @@ def _library() -> ctypes.CDLL | None:
                 try:
                     _lib = _build()
                     _status = "loaded"
-                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
                     _status = f"unavailable: {e}"
     return _lib
 
