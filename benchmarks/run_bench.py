@@ -3,6 +3,7 @@
     python benchmarks/run_bench.py                       # resnet50 + mobilenet_v2, 576x768, 1/5/20 %
     python benchmarks/run_bench.py --models resnet50 --fractions 0.01 --frames 9 --out bench.json
     python benchmarks/run_bench.py --models mobilenet_v2 --uint8   # decoded uint8 frames, normalized in the model
+    python benchmarks/run_bench.py --models mobilenet_v2 --fractions 0.01 --processes 5  # medians over 5 processes
 """
 
 from __future__ import annotations
@@ -11,12 +12,23 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 
 import torch
 from torch import nn
 
 from fxsparse import PixelNormalize
-from fxsparse.bench import bench_scene, dense_engines, engines_table, markdown_table, synthetic_frames  # noqa: E402
+from fxsparse.bench import (  # noqa: E402
+    BenchRow,
+    bench_scene,
+    dense_engines,
+    engines_table,
+    markdown_table,
+    median_rows,
+    synthetic_frames,
+)
 from fxsparse.pixels import to_pixels
 
 
@@ -48,8 +60,13 @@ def main(argv=None):
     p.add_argument("--uint8", action="store_true",
                    help="feed uint8 frames to nn.Sequential(fxsparse.PixelNormalize(), model), dense and sparse alike "
                         "(Note [Integer frames]); --input-threshold is then in pixel units as given")
+    p.add_argument("--processes", type=int, default=1,
+                   help="run everything in this many fresh processes, one after the other, and report the medians "
+                        "across them (the dense baseline's time varies from process to process)")
     p.add_argument("--out", default=None, help="write rows as JSON here")
     args = p.parse_args(argv)
+    if args.processes > 1:
+        return _across_processes(args, list(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.lower().split("x"))
     rows = []
@@ -88,10 +105,50 @@ def main(argv=None):
     if args.engines:
         print()
         print(engines_table(rows))
+    _write(args, rows)
+
+
+def _write(args, rows) -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"torch": torch.__version__, "threads": args.threads, "rows": [r.as_dict() for r in rows]}, f,
                       indent=1)
+
+
+def _without(argv: list[str], *options: str) -> list[str]:
+    """``argv`` without ``options`` and their values (``--opt v`` and ``--opt=v``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not any(a.startswith(o + "=") for o in options):
+            out.append(a)
+    return out
+
+
+def _across_processes(args, argv: list[str]) -> None:
+    """Run this script ``args.processes`` times in fresh processes; print and write the medians (median_rows)."""
+    child = _without(argv, "--processes", "--out")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.processes):
+            out = os.path.join(tmp, f"run{k}.json")
+            print(f"process {k + 1} of {args.processes}", flush=True)
+            subprocess.run([sys.executable, os.path.abspath(__file__), *child, "--out", out], check=True)
+            with open(out) as f:
+                runs.append([BenchRow(**r) for r in json.load(f)["rows"]])
+    rows = median_rows(runs)
+    print()
+    print(f"medians over {args.processes} processes; per-process speedups:")
+    for r in rows:
+        print(f"  {r.model} {r.size} {r.scene}: {r.speedup_range[0]:.2f}x - {r.speedup_range[1]:.2f}x")
+    print(markdown_table(rows))
+    if args.engines:
+        print()
+        print(engines_table(rows))
+    _write(args, rows)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ class BenchRow:
     speedup_vs_fastest_engine: float | None = None  # fastest of torch eager and engines_ms / sparse
     precision: str = "f32"  # fxsparse's compute dtype, and torch eager's (transform(dtype=...))
     speedup_vs_fastest_same_precision: float | None = None  # against engines of the same precision only
+    processes: int = 1  # > 1: medians over that many fresh processes (median_rows)
+    speedup_range: tuple[float, float] | None = None  # the per-process speedups' range, when processes > 1
 
     def as_dict(self):
         return asdict(self)
@@ -210,6 +212,33 @@ def bench_scene(model: nn.Module, model_name: str, frames: list[torch.Tensor], s
         precision=precision,
         speedup_vs_fastest_same_precision=min(same) / sparse_ms if engines_ms else None,
     )
+
+
+def median_rows(runs: list[list[BenchRow]]) -> list[BenchRow]:
+    """One row per scene from the same scenes measured in several processes: the median of each timing and
+    of each ratio across processes (ratios are taken per process, where dense and sparse ran interleaved).
+
+    Why: the dense baseline's median moved from 41 to 68 ms for the same mobilenet_v2 in six fresh
+    processes, one after the other (sparse less so), which moves every speedup and efficiency with it.
+    """
+    merged = []
+    for rows in zip(*runs, strict=True):
+        first = rows[0]
+        if any((r.model, r.size, r.scene) != (first.model, first.size, first.scene) for r in rows):
+            raise ValueError(f"the processes measured different scenes: {[(r.model, r.size, r.scene) for r in rows]}")
+        values = {}
+        for name, value in first.as_dict().items():
+            column = [getattr(r, name) for r in rows]
+            if isinstance(value, float) and all(isinstance(v, float) for v in column):
+                values[name] = statistics.median(column)
+            elif isinstance(value, dict):  # engines_ms
+                values[name] = {k: statistics.median(r.engines_ms[k] for r in rows) for k in value}
+            else:
+                values[name] = value
+        values["processes"] = len(rows)
+        values["speedup_range"] = (min(r.speedup for r in rows), max(r.speedup for r in rows))
+        merged.append(BenchRow(**values))
+    return merged
 
 
 def synthetic_frames(height: int, width: int, fraction: float, frames: int, streams: int = 1) -> list[torch.Tensor]:

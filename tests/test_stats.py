@@ -132,3 +132,20 @@ def test_auto_dense_switch_is_exact_and_reported():
     assert "dense above" in report
     with pytest.raises(ValueError, match="auto"):
         fxsparse.transform(net, dense_switch="sometimes")
+
+
+def test_median_rows_take_each_timing_and_ratio_across_processes():
+    from fxsparse.bench import BenchRow, median_rows
+
+    def row(dense, sparse, scene="synthetic 1%"):
+        return BenchRow("m", "8x8", scene, 0.01, "eager", dense, sparse, dense / sparse, 4.0, dense / sparse / 4.0,
+                        1.1, 0.01, 1.0, 5.0, 8, engines_ms={"e": dense / 2})
+
+    runs = [[row(40.0, 20.0), row(80.0, 40.0, "synthetic 5%")], [row(70.0, 20.0), row(80.0, 20.0, "synthetic 5%")],
+            [row(50.0, 25.0), row(90.0, 30.0, "synthetic 5%")]]
+    first, second = median_rows(runs)
+    assert (first.dense_ms, first.sparse_ms, first.speedup, first.processes) == (50.0, 20.0, 2.0, 3)
+    assert first.speedup_range == (2.0, 3.5) and first.engines_ms == {"e": 25.0}
+    assert second.scene == "synthetic 5%" and second.speedup == 3.0  # the per-process ratios' median
+    with pytest.raises(ValueError, match="different scenes"):
+        median_rows([[row(1.0, 1.0)], [row(1.0, 1.0, "other")]])
