@@ -16,30 +16,41 @@ static inline float activate(float v, int act, float lo, float hi) {
     return v;
 }
 
-/* Channels in blocks of B: the block's accumulators stay in vector registers over all taps. */
+/* Channels in blocks of B: the block's accumulators stay in vector registers over all taps. Only the taps
+ * inside the image are read (rows ky0..ky1, columns kx0..kx1, found once per position). */
 #define CHANNEL_BLOCK(B)                                                                   \
     for (; c0 + (B) <= C; c0 += (B)) {                                                     \
         float acc[B];                                                                      \
         for (int c = 0; c < (B); ++c) acc[c] = bias ? bias[c0 + c] : 0.f;                  \
-        for (int64_t ky = 0; ky < KH; ++ky) {                                              \
-            int64_t iy = oy * sh - pt + ky * dh;                                           \
-            if (iy < 0 || iy >= H) continue;                                               \
-            for (int64_t kx = 0; kx < KW; ++kx) {                                          \
-                int64_t ix = ox * sw - pl + kx * dw;                                       \
-                if (ix < 0 || ix >= W) continue;                                           \
-                const float* x = src + (iy * W + ix) * C + c0;                             \
-                const float* wt = taps + (ky * KW + kx) * C + c0;                          \
-                for (int c = 0; c < (B); ++c) acc[c] += wt[c] * x[c];                      \
+        for (int64_t ky = ky0; ky < ky1; ++ky) {                                           \
+            const float* x = src + ((oy * sh - pt + ky * dh) * W + ox * sw - pl) * C + c0;  \
+            const float* wt = taps + ky * KW * C + c0;                                     \
+            for (int64_t kx = kx0; kx < kx1; ++kx) {                                       \
+                const float* xk = x + kx * dw * C;                                         \
+                const float* wk = wt + kx * C;                                             \
+                for (int c = 0; c < (B); ++c) acc[c] += wk[c] * xk[c];                     \
             }                                                                              \
         }                                                                                  \
         for (int c = 0; c < (B); ++c) o[c0 + c] = activate(acc[c], act, lo, hi);           \
     }
 
+/* The taps k of a window starting at `start` (stride-scaled output index minus padding) with dilation d
+ * that land inside [0, n): k0 <= k < k1. */
+static inline void inside(int64_t start, int64_t d, int64_t k, int64_t n, int64_t* k0, int64_t* k1) {
+    int64_t a = 0, b = k;
+    while (a < b && start + a * d < 0) ++a;
+    while (b > a && start + (b - 1) * d >= n) --b;
+    *k0 = a;
+    *k1 = b;
+}
+
 /* One output position (b, oy, ox): every channel, written to o. */
 static inline void position(const float* src, float* o, const float* taps, const float* bias, int64_t C, int64_t H,
                             int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                             int64_t dh, int64_t dw, int64_t oy, int64_t ox, int act, float lo, float hi) {
-    int64_t c0 = 0;
+    int64_t ky0, ky1, kx0, kx1, c0 = 0;
+    inside(oy * sh - pt, dh, KH, H, &ky0, &ky1);
+    inside(ox * sw - pl, dw, KW, W, &kx0, &kx1);
     CHANNEL_BLOCK(64)
     CHANNEL_BLOCK(16)
     CHANNEL_BLOCK(1)
@@ -54,12 +65,15 @@ void fxsparse_depthwise_box(const float* in, float* out, const float* taps, cons
                             int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t KH, int64_t KW, int64_t sh,
                             int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t oy0, int64_t oy1,
                             int64_t ox0, int64_t ox1, int act, float lo, float hi) {
-    const int64_t width = ox1 - ox0, per_stream = (oy1 - oy0) * width, positions = B * per_stream;
+    const int64_t rows = oy1 - oy0, lines = B * rows, positions = lines * (ox1 - ox0);
+    /* by output row: the divisions that locate a row are paid once per row, not per position */
     #pragma omp parallel for schedule(static) if (WORTH_THREADS(positions))
-    for (int64_t p = 0; p < positions; ++p) {
-        const int64_t b = p / per_stream, q = p % per_stream, oy = oy0 + q / width, ox = ox0 + q % width;
-        position(in + b * H * W * C, out + ((b * Ho + oy) * Wo + ox) * C, taps, bias, C, H, W, KH, KW, sh, sw,
-                 pt, pl, dh, dw, oy, ox, act, lo, hi);
+    for (int64_t line = 0; line < lines; ++line) {
+        const int64_t b = line / rows, oy = oy0 + line % rows;
+        const float* src = in + b * H * W * C;
+        float* o = out + ((b * Ho + oy) * Wo + ox0) * C;
+        for (int64_t ox = ox0; ox < ox1; ++ox, o += C)
+            position(src, o, taps, bias, C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, oy, ox, act, lo, hi);
     }
 }
 
