@@ -48,3 +48,29 @@ def test_incremental_updates_equal_dense_over_many_frames(monkeypatch):
             expected = net(x)
         assert_close_scaled(sm(x), expected)
     assert len(calls) > 50  # the old and new rows of (almost) every frame went through the update
+
+
+def test_a_dense_frame_forgets_the_sums_and_the_next_frames_rebuild_them(monkeypatch):
+    """After a dense pass the running sums are not recomputed (the pass computed the means); the next
+    frame sums afresh and later frames update incrementally again, every frame equal to dense."""
+    monkeypatch.setattr(global_, "INCREMENTAL_MIN_MAP", 0)
+    monkeypatch.setattr(global_, "INCREMENTAL_MAX_SHARE", 1.0)
+    full_sums = []
+    real = global_._full_sums
+    monkeypatch.setattr(global_, "_full_sums", lambda *a: full_sums.append(1) or real(*a))
+    torch.manual_seed(0)
+    net = PooledHead().eval()
+    sm = fxsparse.transform(net)
+    frames = moving_object_frames(1, 40, 48, 12, seed=3)
+    frames[5] = torch.rand_like(frames[5])  # a cut: every pixel changes, a dense frame
+    step = None
+    for i, x in enumerate(frames):
+        with torch.no_grad():
+            expected = net(x)
+        calls = len(full_sums)
+        assert_close_scaled(sm(x), expected)
+        step = step or next(s for s in sm._engine.steps if s.rule.name == "global_mean")
+        if i == 5:
+            assert sm.stats.dense and step.state["sum"] is None and len(full_sums) == calls
+        if i == 7:  # frame 6 cuts back (dense again); frame 7 walks and rebuilds the sums
+            assert not sm.stats.dense and step.state["sum"] is not None
