@@ -445,7 +445,7 @@ class Engine:
         small reduction over the ``[B, 1, H, W]`` difference replaces a full ``isfinite`` pass.
         """
         full = full_streams is not None and len(full_streams) > 0
-        one_pass = x.dtype == torch.float32 and native.available()  # Note [Native input difference]
+        one_pass = x.dtype in (torch.float32, torch.uint8) and native.available()  # Note [Native input difference]
         if threshold == 0 and not full and (last_unchanged or not one_pass) and self._bitwise_equal(x):
             return None  # a static scene in exact mode: one comparison, nothing allocated
         # Note [Native input difference]: one pass over both frames writes the mask

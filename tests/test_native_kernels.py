@@ -214,3 +214,17 @@ def test_frames_alternating_changed_and_unchanged_equal_dense():
             expected = net(x)
         assert_close_scaled(sm(x), expected)
     assert sm.stats.macs_executed == 0  # the repeated frame changed nothing
+
+
+@needs_native
+@pytest.mark.parametrize("threshold", [0.0, 5.0])
+def test_uint8_input_difference_is_max_minus_min(threshold):
+    g = torch.Generator().manual_seed(4)
+    ref = torch.randint(0, 256, (2, 3, 70, 90), generator=g, dtype=torch.uint8)
+    x = ref.clone()
+    x[0, :, 5:15, 5:25] = torch.randint(0, 256, (3, 10, 20), generator=g, dtype=torch.uint8)  # either direction
+    x[1, 2, 60:, :7] = ref[1, 2, 60:, :7] // 2  # below the reference only: x - ref would wrap around
+    diff = (torch.maximum(x, ref) - torch.minimum(x, ref)).amax(1, keepdim=True)
+    mask, largest = native.input_difference(x, ref, threshold)
+    assert torch.equal(mask, (diff > threshold).float()) and largest == float(diff.max())
+    assert native.input_difference(ref.clone(), ref, 0.0)[1] == 0.0
