@@ -97,19 +97,27 @@ def main(argv=None):
     p.add_argument("--fuse-chains", action="store_true", help="both sides with transform(fuse_chains=True)")
     p.add_argument("--scene", choices=["synthetic", "cdnet"], default="synthetic")
     p.add_argument("--input-threshold", type=float, default=0.0, help="on the 0-255 scale, e.g. 16")
+    p.add_argument("--uint8", action="store_true",
+                   help="uint8 frames into nn.Sequential(fxsparse.PixelNormalize(), model) (Note [Integer frames])")
     args = p.parse_args(argv)
     import fxsparse
 
     base = import_base(args.base_commit)
     h, w = (int(v) for v in args.size.lower().split("x"))
     model, frames = model_and_frames(args.model, args.fraction, (h, w), args.frames + 4, args.streams, args.scene)
+    if args.uint8:
+        from torch import nn
+
+        from fxsparse.pixels import to_pixels
+
+        model, frames = nn.Sequential(fxsparse.PixelNormalize(), model).eval(), [to_pixels(f) for f in frames]
     if args.full:
-        frames = [frames[-1] if i % 2 else 1.0 - frames[-1] for i in range(len(frames))]
+        frames = [frames[-1] if i % 2 else (255 if args.uint8 else 1.0) - frames[-1] for i in range(len(frames))]
     if args.unchanged:
         frames = [frames[-1]] * len(frames)
     options = {"fuse_chains": True} if args.fuse_chains else {}
-    if args.input_threshold:
-        options["input_threshold"] = args.input_threshold / 255
+    if args.input_threshold:  # uint8 frames: in pixel units
+        options["input_threshold"] = args.input_threshold if args.uint8 else args.input_threshold / 255
     old, new = base.transform(model, **options), fxsparse.transform(model, **options)
     t_old, t_new = [], []
     with torch.inference_mode():
@@ -130,6 +138,7 @@ def main(argv=None):
     scene += ", every frame fully changed" if args.full else ""
     scene += ", every frame unchanged" if args.unchanged else ""
     scene += ", fuse_chains" if args.fuse_chains else ""
+    scene += ", uint8 frames" if args.uint8 else ""
     print(f"{args.model} {scene}: old {a:.2f} ms  new {b:.2f} ms  new/old {b / a:.3f}  "
           f"max output difference {diff:.2e}  ({len(t_old)} frames)")
 
