@@ -23,11 +23,10 @@ static inline float activate(float v, int act, float lo, float hi) {
         float acc[B];                                                                      \
         for (int c = 0; c < (B); ++c) acc[c] = bias ? bias[c0 + c] : 0.f;                  \
         for (int64_t ky = ky0; ky < ky1; ++ky) {                                           \
-            const float* x = src + ((oy * sh - pt + ky * dh) * W + ox * sw - pl) * C + c0;  \
-            const float* wt = taps + ky * KW * C + c0;                                     \
+            const int64_t row = (oy * sh - pt + ky * dh) * W;                              \
             for (int64_t kx = kx0; kx < kx1; ++kx) {                                       \
-                const float* xk = x + kx * dw * C;                                         \
-                const float* wk = wt + kx * C;                                             \
+                const float* xk = src + (row + ox * sw - pl + kx * dw) * C + c0;           \
+                const float* wk = taps + (ky * KW + kx) * C + c0;                          \
                 for (int c = 0; c < (B); ++c) acc[c] += wk[c] * xk[c];                     \
             }                                                                              \
         }                                                                                  \
