@@ -366,6 +366,10 @@ class Engine:
         """A rule that already knows its changed positions (a gate) records them, saving a nonzero."""
         self._positions[node] = pos
 
+    def set_counts(self, node: fx.Node, counts: list[int]) -> None:
+        """A rule that counted its changed positions per stream while writing its mask says so."""
+        self._counts[node] = counts
+
     def set_box(self, node: fx.Node, box: Box | None) -> None:
         """A rule that knows its mask's box says so (it must contain every changed position)."""
         self._boxes[node] = box

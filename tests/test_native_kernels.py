@@ -174,9 +174,11 @@ def test_mask_footprint_is_max_pooling_of_the_zero_padded_mask(data):
     oy0, ox0 = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
     box = (oy0, data.draw(st.integers(oy0 + 1, ho)), ox0, data.draw(st.integers(ox0 + 1, wo)))
     out = torch.full((b, 1, ho, wo), 7.0)
-    assert native.window_max(mask, out, (kh, kw), (sh, sw), (pt, pl), (dh, dw), box)
+    counts = torch.full((b,), -1, dtype=torch.int64)
+    assert native.window_max(mask, out, (kh, kw), (sh, sw), (pt, pl), (dh, dw), box, counts)
     y0, y1, x0, x1 = box
     assert torch.equal(out[:, :, y0:y1, x0:x1], expected[:, :, y0:y1, x0:x1])
+    assert counts.tolist() == (expected[:, :, y0:y1, x0:x1] > 0).flatten(1).sum(1).tolist()
     out[:, :, y0:y1, x0:x1] = 7.0
     assert (out == 7.0).all()  # nothing outside the box
 
@@ -228,3 +230,18 @@ def test_uint8_input_difference_is_max_minus_min(threshold):
     mask, largest = native.input_difference(x, ref, threshold)
     assert torch.equal(mask, (diff > threshold).float()) and largest == float(diff.max())
     assert native.input_difference(ref.clone(), ref, 0.0)[1] == 0.0
+
+
+@needs_native
+def test_counted_footprints_are_the_masks_counts():
+    """The engine takes a window's per-stream counts from the native footprint (no sum over the mask):
+    they must be the mask's own."""
+    net = _Blocks().eval()
+    sm = fxsparse.transform(net)
+    for x in moving_object_frames(2, 64, 80, 4):
+        sm(x)
+        engine = sm._engine
+        for step in engine.steps:
+            mask = engine.masks.get(step.node)
+            if isinstance(mask, torch.Tensor) and mask.dim() == 4 and step.node in engine._counts:
+                assert engine._counts[step.node] == mask.flatten(1).sum(1).int().tolist(), step.name

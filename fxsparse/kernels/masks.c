@@ -1,14 +1,16 @@
 /* Note [Native mask footprint]: the footprint of a window op on a 0/1 change mask ([B, 1, H, W], float32)
- * inside the output box it can reach: out = max over the window's taps, zero outside the image. Built and
+ * inside the output box it can reach: out = max over the window's taps, zero outside the image; counts[b]
+ * (when not NULL): the changed outputs of stream b, so the engine needs no sum over the new mask. Built and
  * loaded by fxsparse/kernels/native.py with depthwise.c. */
 #include <stdint.h>
 
 void fxsparse_window_max(const float* mask, float* out, int64_t B, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
                          int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,
-                         int64_t dw, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1) {
+                         int64_t dw, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1, int64_t* counts) {
     for (int64_t b = 0; b < B; ++b) {
         const float* m = mask + b * H * W;
         float* o = out + b * Ho * Wo;
+        int64_t count = 0;
         for (int64_t oy = oy0; oy < oy1; ++oy) {
             for (int64_t ox = ox0; ox < ox1; ++ox) {
                 float v = 0.f;
@@ -21,7 +23,9 @@ void fxsparse_window_max(const float* mask, float* out, int64_t B, int64_t H, in
                     }
                 }
                 o[oy * Wo + ox] = v;
+                count += v > 0.f;
             }
         }
+        if (counts) counts[b] = count;
     }
 }

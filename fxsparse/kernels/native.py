@@ -96,7 +96,7 @@ def _build() -> ctypes.CDLL:
     i64, ptr, act = ctypes.c_int64, ctypes.c_void_p, [ctypes.c_int, ctypes.c_float, ctypes.c_float]
     lib.fxsparse_depthwise_box.argtypes = [ptr] * 4 + [i64] * 18 + act
     lib.fxsparse_depthwise_rows.argtypes = [ptr] * 5 + [i64] * 14 + act
-    lib.fxsparse_window_max.argtypes = [ptr] * 2 + [i64] * 17
+    lib.fxsparse_window_max.argtypes = [ptr] * 2 + [i64] * 17 + [ptr]
     lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_float, ptr, ptr]
     lib.fxsparse_input_diff_u8.argtypes = lib.fxsparse_input_diff.argtypes
     for fn in (lib.fxsparse_depthwise_box, lib.fxsparse_depthwise_rows, lib.fxsparse_window_max, lib.fxsparse_input_diff,
@@ -179,9 +179,11 @@ def depthwise_rows(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, bia
     return True
 
 
-def window_max(mask: torch.Tensor, out: torch.Tensor, kernel, stride, pad_top_left, dilation, box) -> bool:
+def window_max(mask: torch.Tensor, out: torch.Tensor, kernel, stride, pad_top_left, dilation, box,
+               counts: torch.Tensor | None = None) -> bool:
     """``out[box] = max over each output's window of mask`` (zero outside the image), for 0/1 masks
-    ``[B, 1, H, W]`` (Note [Native mask footprint], ``masks.c``). False, touching nothing, where it cannot."""
+    ``[B, 1, H, W]`` (Note [Native mask footprint], ``masks.c``); ``counts`` (int64 ``[B]``), when given,
+    receives each stream's changed outputs inside the box. False, touching nothing, where it cannot."""
     if mask.dtype != torch.float32 or out.dtype != torch.float32 or not (mask.is_contiguous() and out.is_contiguous()):
         return False
     lib = _library()
@@ -189,7 +191,7 @@ def window_max(mask: torch.Tensor, out: torch.Tensor, kernel, stride, pad_top_le
         return False
     b, _, h, w = mask.shape
     lib.fxsparse_window_max(mask.data_ptr(), out.data_ptr(), b, h, w, out.shape[2], out.shape[3], *kernel, *stride,
-                            *pad_top_left, *dilation, *box)
+                            *pad_top_left, *dilation, *box, None if counts is None else counts.data_ptr())
     return True
 
 

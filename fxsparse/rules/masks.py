@@ -60,12 +60,15 @@ def window_out_range(lo: int, hi: int, k: int, s: int, pad: int, d: int, n_out: 
     return max(o0, 0), min(o1, n_out)
 
 
-def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation, full=False) -> Box | None:
+def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation, full=False,
+                     counts: list | None = None) -> Box | None:
     """Write ``max over window`` of ``mask`` into ``out`` inside the box it can reach; return that box.
 
     Zero padding is explicit (taps outside the input read 0), which gives the
     footprint of convolutions and of pools (any padding, ceil_mode) alike.
     ``full``: every input position changed, so every output did (no pooling needed).
+    ``counts``: a list that receives each stream's changed outputs when they came for free (the native
+    kernel counts as it writes); left empty otherwise.
     """
     _, _, h, w = mask.shape
     _, _, ho, wo = out.shape
@@ -77,7 +80,10 @@ def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation
     ox0, ox1 = window_out_range(box[2], box[3], kw, sw, pl, dw, wo)
     if oy0 >= oy1 or ox0 >= ox1:
         return None
-    if native.window_max(mask, out, kernel, stride, pad_top_left, dilation, (oy0, oy1, ox0, ox1)):
+    counted = None if counts is None else torch.empty(mask.shape[0], dtype=torch.int64)
+    if native.window_max(mask, out, kernel, stride, pad_top_left, dilation, (oy0, oy1, ox0, ox1), counted):
+        if counts is not None:
+            counts.extend(counted.tolist())
         return oy0, oy1, ox0, ox1  # Note [Native mask footprint]: no crop, pad or pooling passes
     # input rows/cols read by those outputs, in input coordinates
     iy0, iy1 = oy0 * sh - pt, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1

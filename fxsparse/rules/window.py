@@ -59,9 +59,9 @@ def propagate_window(step, ctx):
         return ctx.share_mask(step.node, x)  # 1x1, stride 1, no padding: the same positions change
     k, s, (top, _, left, _), d, _ = _geometry(step)
     out = ctx.mask_buffer(step.node, mask_shape(step.shape))
-    box = ctx.box(x)
+    box, counts = ctx.box(x), []
     if box is not None:
-        box = window_footprint(ctx.mask(x), box, out, k, s, (top, left), d, full=ctx.fully_changed(x))
+        box = window_footprint(ctx.mask(x), box, out, k, s, (top, left), d, full=ctx.fully_changed(x), counts=counts)
     res = _residual(step)
     if res is not None:  # conv(x) + residual: the residual's changes show up where they are
         res_box = ctx.box(res)
@@ -70,7 +70,10 @@ def propagate_window(step, ctx):
             region = out[:, :, y0:y1, x0:x1]
             torch.maximum(region, ctx.mask(res)[:, :, y0:y1, x0:x1], out=region)
             box = box_union([box, res_box])
+            counts = []  # the union changed them
     ctx.set_box(step.node, box)
+    if counts:
+        ctx.set_counts(step.node, counts)  # counted by the native footprint: no sum over the mask later
     return out
 
 
