@@ -134,7 +134,8 @@ def test_sparse_module_uses_the_kernel_and_equals_dense():
 
 
 def test_without_a_compiler_or_switched_off_fxsparse_keeps_the_onednn_path(tmp_path):
-    """In fresh processes: the kernels are built on first use, so their state is per process."""
+    """In fresh processes: the kernels are built on first use, so their state is per process. A compiler
+    without OpenMP still builds them (one thread)."""
     script = textwrap.dedent("""
         import torch, fxsparse
         from fxsparse.kernels import native
@@ -148,8 +149,14 @@ def test_without_a_compiler_or_switched_off_fxsparse_keeps_the_onednn_path(tmp_p
             err = float((sm(x) - net(x)).abs().max())
         print(native.status(), "|", err)
     """)
-    for env, expected in (({"FXSPARSE_NATIVE": "0"}, "off (FXSPARSE_NATIVE=0)"),
-                          ({"CC": "/bin/false", "FXSPARSE_CACHE": str(tmp_path)}, "unavailable: /bin/false failed")):
+    no_openmp = tmp_path / "cc-without-openmp"  # a compiler that rejects -fopenmp: single-threaded kernels
+    no_openmp.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec cc "$@"\n')
+    no_openmp.chmod(0o755)
+    cases = [({"FXSPARSE_NATIVE": "0"}, "off (FXSPARSE_NATIVE=0)"),
+             ({"CC": "/bin/false", "FXSPARSE_CACHE": str(tmp_path / "a")}, "unavailable: /bin/false failed")]
+    if native.available():  # a C compiler is here
+        cases.append(({"CC": str(no_openmp), "FXSPARSE_CACHE": str(tmp_path / "b")}, "loaded"))
+    for env, expected in cases:
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               env={**os.environ, **env}, timeout=120)
         assert done.returncode == 0, done.stderr

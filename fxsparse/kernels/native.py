@@ -71,7 +71,18 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc / gcc) on PATH")
-    flags = ["-O3", "-march=native", "-shared", "-fPIC"] + [f for f in [_openmp_flag()] if f]
+    flags = ["-O3", "-march=native", "-shared", "-fPIC"]
+    openmp = _openmp_flag()
+    if openmp:
+        try:
+            return _compiled(compiler, flags + [openmp])
+        except RuntimeError:
+            pass  # a compiler without OpenMP support: the kernels run on one thread
+    return _compiled(compiler, flags)
+
+
+def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
+    """The library built with ``flags`` (from the cache when it was built before), loaded."""
     source = b""
     for path in _SOURCES:
         with open(path, "rb") as f:
