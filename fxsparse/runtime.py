@@ -158,6 +158,7 @@ class Engine:
         # against the channels-last rows: 0.35 vs 0.70 ms for a 576x768 frame)
         self._ref_frame = x.clone()
         self._diff: torch.Tensor | None = None  # the per-frame difference's buffer (input_mask)
+        self.input_counts: tuple[torch.Tensor, list[int]] | None = None  # (mask, its counts), from input_mask
         self._mirrors: dict[fx.Node, torch.Tensor] = {}  # Note [Output mirrors]
         self._stale_mirrors: set[fx.Node] = set()  # mirrors to refresh whole (after a dense pass)
         nodes = [n for n in gm.graph.nodes if n.op != "output"]
@@ -331,6 +332,12 @@ class Engine:
             self._positions[node] = pos
         return pos
 
+    def known_counts(self, mask: torch.Tensor) -> list[int] | None:
+        """The per-stream changed pixels of input mask ``mask`` if :meth:`input_mask` counted them."""
+        if self.input_counts is not None and self.input_counts[0] is mask:
+            return self.input_counts[1]
+        return None
+
     def stream_counts(self, node: fx.Node) -> list[int]:
         """Number of changed positions of the node per stream this frame (computed once per mask, as
         Python ints: the per-step decisions that read them then cost no tensor op). A sum over the box,
@@ -442,8 +449,9 @@ class Engine:
     def input_mask(self, x: torch.Tensor, threshold: float, full_streams: torch.Tensor | None,
                    policy=None, last_unchanged: bool = True) -> torch.Tensor | None:
         """Changed pixels: ``max_c |x - reference| > threshold`` (None when none changed). Reads state,
-        changes nothing. ``last_unchanged``: the previous frame changed nothing, so this one is tested bit
-        for bit first (exact mode).
+        changes nothing but :attr:`input_counts` (the mask's changed pixels per stream, when the one-pass
+        difference counted them). ``last_unchanged``: the previous frame changed nothing, so this one is
+        tested bit for bit first (exact mode).
 
         Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
         small reduction over the ``[B, 1, H, W]`` difference replaces a full ``isfinite`` pass.
@@ -453,9 +461,12 @@ class Engine:
         if threshold == 0 and not full and (last_unchanged or not one_pass) and self._bitwise_equal(x):
             return None  # a static scene in exact mode: one comparison, nothing allocated
         # Note [Native input difference]: one pass over both frames writes the mask
+        self.input_counts = None
         found = native.input_difference(x, self._ref_frame, threshold)
         if found is not None:
-            mask, largest = found
+            mask, largest, counts = found
+            if not full and not (policy is not None and policy.active):  # the mask returned is this one
+                self.input_counts = (mask, counts)
         else:
             if self._diff is None or self._diff.shape != x.shape:
                 self._diff = torch.empty_like(x)  # reused: a fresh 5 MB tensor per frame costs page faults
@@ -496,6 +507,8 @@ class Engine:
         self.masks = {self.placeholder: mask_in}
         self._positions = {}
         self._counts = {}
+        if (known := self.known_counts(mask_in)) is not None:
+            self._counts[self.placeholder] = known  # counted by the one-pass difference: no sum over the mask
         self._boxes = {}
         self._same = {}
         per_stream = mask_in.shape[2] * mask_in.shape[3]
@@ -559,7 +572,10 @@ class Engine:
             if step.rule.refresh is not None:
                 step.rule.refresh(step, self)
         self.masks = {}
-        return self.dense_stats(mask_in.flatten(1).mean(1, dtype=torch.float32).tolist())
+        known = self.known_counts(mask_in)
+        shares = mask_in.flatten(1).mean(1, dtype=torch.float32).tolist() if known is None else \
+            [c / (mask_in.shape[2] * mask_in.shape[3]) for c in known]
+        return self.dense_stats(shares)
 
     def _all_values_module(self):
         """(nodes, a module returning their values): every node with a cache (built once)."""
@@ -790,7 +806,9 @@ class SparseModule(nn.Module):
             engine.masks = {}
             self.stats = engine.unchanged_stats()
             return engine.outputs()  # the mirrors as they are (Note [Output mirrors])
-        shares = mask.flatten(1).mean(1, dtype=torch.float32)
+        known = engine.known_counts(mask)  # counted by the one-pass difference: no pass over the mask
+        shares = mask.flatten(1).mean(1, dtype=torch.float32) if known is None else \
+            torch.tensor(known, dtype=torch.float32) / (mask.shape[2] * mask.shape[3])
         if self.dense_frames and engine.dense_switch <= 1.0 and bool((shares > engine.dense_switch).all()):
             try:
                 self.stats = engine.dense_frame(x, mask, self.input_threshold)

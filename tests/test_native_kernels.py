@@ -200,8 +200,9 @@ def test_input_difference_is_pytorchs(channels, threshold):
     x[0, :, 10:20, 30:50] += torch.rand(channels, 10, 20, generator=g) * 0.3
     x[1, -1, 60:, :7] -= 0.05
     diff = (x - ref).abs().amax(1, keepdim=True)
-    mask, largest = native.input_difference(x, ref, threshold)
+    mask, largest, counts = native.input_difference(x, ref, threshold)
     assert torch.equal(mask, (diff > threshold).float()) and largest == float(diff.max())
+    assert counts == mask.flatten(1).sum(1).int().tolist()
     assert native.input_difference(ref.clone(), ref, 0.0)[1] == 0.0
     for bad in (float("nan"), float("inf")):
         y = x.clone()
@@ -234,8 +235,9 @@ def test_uint8_input_difference_is_max_minus_min(threshold):
     x[0, :, 5:15, 5:25] = torch.randint(0, 256, (3, 10, 20), generator=g, dtype=torch.uint8)  # either direction
     x[1, 2, 60:, :7] = ref[1, 2, 60:, :7] // 2  # below the reference only: x - ref would wrap around
     diff = (torch.maximum(x, ref) - torch.minimum(x, ref)).amax(1, keepdim=True)
-    mask, largest = native.input_difference(x, ref, threshold)
+    mask, largest, counts = native.input_difference(x, ref, threshold)
     assert torch.equal(mask, (diff > threshold).float()) and largest == float(diff.max())
+    assert counts == mask.flatten(1).sum(1).int().tolist()
     assert native.input_difference(ref.clone(), ref, 0.0)[1] == 0.0
 
 

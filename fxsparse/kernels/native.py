@@ -206,10 +206,11 @@ def window_max(mask: torch.Tensor, out: torch.Tensor, kernel, stride, pad_top_le
     return True
 
 
-def input_difference(x: torch.Tensor, ref: torch.Tensor, threshold: float) -> tuple[torch.Tensor, float] | None:
+def input_difference(x: torch.Tensor, ref: torch.Tensor,
+                     threshold: float) -> tuple[torch.Tensor, float, list[int]] | None:
     """(mask ``[B, 1, H, W]`` of ``max_c |x - ref| > threshold`` as float 0/1, the largest difference: NaN
-    when one is NaN) for float32 or uint8 NCHW frames (Note [Native input difference]; uint8: ``max - min``,
-    Note [Integer frames]); None where it cannot."""
+    when one is NaN, the changed pixels per stream) for float32 or uint8 NCHW frames (Note [Native input
+    difference]; uint8: ``max - min``, Note [Integer frames]); None where it cannot."""
     if x.dtype not in (torch.float32, torch.uint8) or ref.dtype != x.dtype or x.dim() != 4 or x.shape != ref.shape:
         return None
     if not (x.is_contiguous() and ref.is_contiguous()):
@@ -222,4 +223,4 @@ def input_difference(x: torch.Tensor, ref: torch.Tensor, threshold: float) -> tu
     counts, largest = torch.empty(b, dtype=torch.int64), torch.empty(1)
     fn = lib.fxsparse_input_diff if x.dtype == torch.float32 else lib.fxsparse_input_diff_u8
     fn(x.data_ptr(), ref.data_ptr(), mask.data_ptr(), b, c, h * w, threshold, counts.data_ptr(), largest.data_ptr())
-    return mask, float(largest)
+    return mask, float(largest), counts.tolist()
