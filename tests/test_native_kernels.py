@@ -42,7 +42,7 @@ def _case(c, k, stride, dilation, bias, seed=0):
 
 
 @needs_native
-@pytest.mark.parametrize("c", [1, 16, 24, 64, 100])  # the kernel's channel blocks: 64, 16, then one by one
+@pytest.mark.parametrize("c", [1, 16, 24, 64, 100])  # the kernel's channel blocks: 32, 16, then one by one
 @pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2)])
 @pytest.mark.parametrize("act", ACTS, ids=["none", "relu", "relu6", "hardswish"])
 def test_box_equals_pytorchs_conv_there_and_leaves_the_rest(c, k, stride, dilation, act):
@@ -76,6 +76,46 @@ def test_rows_equal_pytorchs_conv_at_those_rows_only(act):
     others = torch.ones(len(out), dtype=torch.bool)
     others[rows] = False
     assert not out[others].any()
+
+
+@needs_native
+@given(st.data())
+def test_depthwise_box_and_rows_equal_pytorchs_conv_on_any_geometry(data):
+    """Any channel count (vector blocks of 32 and 16, then one by one), kernel, stride, dilation and
+    asymmetric padding; rows in runs of neighbours (computed four at a time) and alone, at the borders too."""
+    b, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 50))
+    h, w = data.draw(st.integers(1, 14)), data.draw(st.integers(1, 14))
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    sh, sw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    dh, dw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    pt, pb = data.draw(st.integers(0, dh * (kh - 1))), data.draw(st.integers(0, dh * (kh - 1)))
+    pl, pr = data.draw(st.integers(0, dw * (kw - 1))), data.draw(st.integers(0, dw * (kw - 1)))
+    ho, wo = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        return
+    act = data.draw(st.sampled_from(ACTS))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    x, wt = torch.randn(b, c, h, w, generator=g), torch.randn(c, 1, kh, kw, generator=g)
+    bias = torch.randn(c, generator=g) if data.draw(st.booleans()) else None
+    expected = _rows(ops.apply_activation(F.conv2d(F.pad(x, (pl, pr, pt, pb)), wt, bias, (sh, sw), 0, (dh, dw), c), act))
+    taps, geometry = wt.flatten(1).t().contiguous(), ((h, w), (ho, wo), (kh, kw), (sh, sw), (pt, pl), (dh, dw))
+    oy0, ox0 = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
+    box = (oy0, data.draw(st.integers(oy0 + 1, ho)), ox0, data.draw(st.integers(ox0 + 1, wo)))
+    out = torch.full_like(expected, 7.0)
+    assert native.depthwise_box(_rows(x), out, taps, bias, *geometry, box, act)
+    inside = torch.zeros(b, ho, wo, dtype=torch.bool)
+    inside[:, box[0]:box[1], box[2]:box[3]] = True
+    torch.testing.assert_close(out[inside.view(-1)], expected[inside.view(-1)], rtol=1e-5, atol=1e-5)
+    assert (out[~inside.view(-1)] == 7.0).all()
+    # rows: runs of 1-9 neighbours from random starts (they may wrap into the next row), sorted and unique
+    starts = data.draw(st.lists(st.integers(0, b * ho * wo - 1), min_size=1, max_size=6))
+    rows = torch.unique(torch.cat([torch.arange(s, min(s + data.draw(st.integers(1, 9)), b * ho * wo)) for s in starts]))
+    out = torch.full_like(expected, 7.0)
+    assert native.depthwise_rows(_rows(x), out, taps, bias, rows, *geometry, act)
+    torch.testing.assert_close(out[rows], expected[rows], rtol=1e-5, atol=1e-5)
+    others = torch.ones(len(out), dtype=torch.bool)
+    others[rows] = False
+    assert (out[others] == 7.0).all()
 
 
 def test_what_the_kernel_cannot_run_is_declined_untouched():
