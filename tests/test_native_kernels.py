@@ -118,6 +118,45 @@ def test_depthwise_box_and_rows_equal_pytorchs_conv_on_any_geometry(data):
     assert (out[others] == 7.0).all()
 
 
+@needs_native
+@given(st.data())
+def test_pointwise_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
+    """Note [Native pointwise]: any channel counts (output blocks of 64, 32, 16 and 8 channels, then one by one;
+    positions eight, four and one at a time), with or without bias, residual and activation, several streams;
+    exactly the changed positions inside the box are written."""
+    b, h, w = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
+    k, n = data.draw(st.integers(1, 40)), data.draw(st.sampled_from([1, 7, 8, 16, 24, 33, 64, 72, 100]))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    x, wt = torch.randn(b * h * w, k, generator=g), torch.randn(k, n, generator=g)
+    bias = torch.randn(n, generator=g) if data.draw(st.booleans()) else None
+    residual = torch.randn(b * h * w, n, generator=g) if data.draw(st.booleans()) else None
+    act = data.draw(st.sampled_from(ACTS))
+    mask = (torch.rand(b, 1, h, w, generator=g) < data.draw(st.sampled_from([0.1, 0.5, 1.0]))).float()
+    y0, x0 = data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))
+    box = (y0, data.draw(st.integers(y0 + 1, h)), x0, data.draw(st.integers(x0 + 1, w)))
+    expected = x @ wt + (0 if bias is None else bias) + (0 if residual is None else residual)
+    expected = ops.apply_activation(expected, act)
+    out = torch.full((b * h * w, n), 7.0)
+    assert native.pointwise_masked(x, out, wt, bias, residual, mask, box, int(mask.sum()), act)
+    written = torch.zeros_like(mask, dtype=torch.bool)
+    written[:, :, box[0]:box[1], box[2]:box[3]] = mask[:, :, box[0]:box[1], box[2]:box[3]] > 0
+    written = written.view(-1)
+    torch.testing.assert_close(out[written], expected[written], rtol=1e-5, atol=1e-5)
+    assert (out[~written] == 7.0).all()
+
+
+@needs_native
+def test_pointwise_declines_what_it_cannot_run_untouched():
+    x, wt, mask = torch.randn(20, 8), torch.randn(8, 16), torch.ones(1, 1, 4, 5)
+    out = torch.zeros(20, 16)
+    box = (0, 4, 0, 5)
+    assert not native.pointwise_masked(x, out, wt, None, None, mask, box, 20, ("sigmoid",))
+    assert not native.pointwise_masked(x.bfloat16(), out.bfloat16(), wt.bfloat16(), None, None, mask, box, 20, None)
+    assert not native.pointwise_masked(x, out, wt, None, None, mask.bool(), box, 20, None)
+    assert not native.pointwise_masked(x, out, wt, None, torch.zeros(20, 8), mask, box, 20, None)  # residual shape
+    assert not out.any()
+
+
 def test_what_the_kernel_cannot_run_is_declined_untouched():
     x, w, b, pad = _case(16, 3, 1, 1, bias=True)
     taps, inp = w.flatten(1).t().contiguous(), _rows(x)
@@ -160,7 +199,8 @@ def test_sparse_module_uses_the_kernel_and_equals_dense():
         return call
 
     with mock.patch.object(native, "depthwise_box", spy(native.depthwise_box)), \
-            mock.patch.object(native, "depthwise_rows", spy(native.depthwise_rows)):
+            mock.patch.object(native, "depthwise_rows", spy(native.depthwise_rows)), \
+            mock.patch.object(native, "pointwise_masked", spy(native.pointwise_masked)):
         sm = fxsparse.transform(net)
         frames = moving_object_frames(1, 64, 80, 5)
         scattered = frames[-1].clone()
@@ -171,6 +211,7 @@ def test_sparse_module_uses_the_kernel_and_equals_dense():
                 expected = net(x)
             assert_close_scaled(sm(x), expected)
     assert ("depthwise_box", True) in ran and ("depthwise_rows", True) in ran
+    assert ("pointwise_masked", True) in ran  # the expand, project (with its residual) and head 1x1 convs
 
 
 def test_without_a_compiler_or_switched_off_fxsparse_keeps_the_onednn_path(tmp_path):

@@ -3,43 +3,7 @@
  * the activation applied before the one store. Built and loaded by fxsparse/kernels/native.py. */
 #include <stdint.h>
 
-enum { ACT_NONE = 0, ACT_RELU = 1, ACT_CLAMP = 2, ACT_HARDSWISH = 3 };
-
-static inline float activate(float v, int act, float lo, float hi) {
-    if (act == ACT_RELU) return v > 0.f ? v : 0.f;
-    if (act == ACT_CLAMP) return v < lo ? lo : (v > hi ? hi : v);
-    if (act == ACT_HARDSWISH) {  /* PyTorch's: x * min(max(x + 3, 0), 6) / 6 */
-        float r = v + 3.f;
-        r = r < 0.f ? 0.f : (r > 6.f ? 6.f : r);
-        return v * r / 6.f;
-    }
-    return v;
-}
-
-/* 16 floats as one vector (GCC / Clang vector extensions: AVX-512 where there is one, else split by the
- * compiler); may_alias and aligned(4) make a cache row's pointer a valid unaligned vector load. Written out
- * because gcc left the per-lane activation scalar, storing each lane through the stack: 44 -> 11 ns per
- * position of a 32-channel 3x3 conv (one thread, measured). */
-typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int32_t vi __attribute__((vector_size(64), aligned(4), may_alias));
-#define LANES 16
-
-static inline vf splat(float v) { return (vf){0} + v; }  /* a scalar operand is broadcast */
-
-static inline vf select(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }  /* m ? a : b */
-
-/* activate() on 16 lanes, the same operations in the same order */
-static inline vf activate_vec(vf v, int act, float lo, float hi) {
-    const vf zero = splat(0.f);
-    if (act == ACT_RELU) return select(v > zero, v, zero);
-    if (act == ACT_CLAMP) return select(v < splat(lo), splat(lo), select(v > splat(hi), splat(hi), v));
-    if (act == ACT_HARDSWISH) {
-        vf r = v + splat(3.f);
-        r = select(r < zero, zero, select(r > splat(6.f), splat(6.f), r));
-        return v * r / splat(6.f);
-    }
-    return v;
-}
+#include "vectors.h"
 
 /* One call's conv: its geometry, weights and activation. */
 typedef struct {

@@ -42,7 +42,8 @@ import threading
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "masks.c", "frames.c")]
+_SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "pointwise.c", "masks.c", "frames.c")]
+_HEADERS = [os.path.join(_HERE, "vectors.h")]  # part of the library's key: a changed header rebuilds it
 _ACTIVATIONS = {None: (0, 0.0, 0.0), ("relu",): (1, 0.0, 0.0), ("hardswish",): (3, 0.0, 0.0)}
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -84,7 +85,7 @@ def _build() -> ctypes.CDLL:
 def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     """The library built with ``flags`` (from the cache when it was built before), loaded."""
     source = b""
-    for path in _SOURCES:
+    for path in _SOURCES + _HEADERS:
         with open(path, "rb") as f:
             source += f.read()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
@@ -107,11 +108,12 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     i64, ptr, act = ctypes.c_int64, ctypes.c_void_p, [ctypes.c_int, ctypes.c_float, ctypes.c_float]
     lib.fxsparse_depthwise_box.argtypes = [ptr] * 4 + [i64] * 18 + act
     lib.fxsparse_depthwise_rows.argtypes = [ptr] * 5 + [i64] * 14 + act
+    lib.fxsparse_pointwise_masked.argtypes = [ptr] * 6 + [i64] * 10 + act
     lib.fxsparse_window_max.argtypes = [ptr] * 2 + [i64] * 17 + [ptr]
     lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_float, ptr, ptr]
     lib.fxsparse_input_diff_u8.argtypes = lib.fxsparse_input_diff.argtypes
-    for fn in (lib.fxsparse_depthwise_box, lib.fxsparse_depthwise_rows, lib.fxsparse_window_max, lib.fxsparse_input_diff,
-               lib.fxsparse_input_diff_u8):
+    for fn in (lib.fxsparse_depthwise_box, lib.fxsparse_depthwise_rows, lib.fxsparse_pointwise_masked,
+               lib.fxsparse_window_max, lib.fxsparse_input_diff, lib.fxsparse_input_diff_u8):
         fn.restype = None
     return lib
 
@@ -187,6 +189,27 @@ def depthwise_rows(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, bia
     run[0].fxsparse_depthwise_rows(
         inp.data_ptr(), out.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(), rows.data_ptr(),
         len(rows), inp.shape[1], h, w, ho, wo, *kernel, *stride, *pad_top_left, *dilation, *run[1])
+    return True
+
+
+def pointwise_masked(inp: torch.Tensor, out: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
+                     residual: torch.Tensor | None, mask: torch.Tensor, box, changed: int, act) -> bool:
+    """Recompute a 1x1 conv at the changed positions (``mask > 0``) of ``box`` (y0, y1, x0, x1) of every stream,
+    in place in ``out`` (Note [Native pointwise]): ``act(inp @ weight_t + bias + residual)``. ``inp`` /
+    ``out`` / ``residual``: channels-last rows ``[B * H * W, K]`` / ``[B * H * W, N]``; ``weight_t``: ``[K, N]``;
+    ``mask``: ``[B, 1, H, W]``; ``changed``: about how many positions (it decides on threads). Returns False,
+    touching nothing, where the kernel cannot run it."""
+    run = _runnable(inp, out, weight_t, bias, act)
+    if run is None or mask.dtype != torch.float32 or not mask.is_contiguous():
+        return False
+    if residual is not None and (residual.dtype != torch.float32 or not residual.is_contiguous()
+                                 or residual.shape != out.shape):
+        return False
+    b, _, h, w = mask.shape
+    run[0].fxsparse_pointwise_masked(
+        inp.data_ptr(), out.data_ptr(), weight_t.data_ptr(), None if bias is None else bias.data_ptr(),
+        None if residual is None else residual.data_ptr(), mask.data_ptr(), b, h, w, weight_t.shape[0],
+        weight_t.shape[1], *box, changed, *run[1])
     return True
 
 

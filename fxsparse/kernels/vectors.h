@@ -1,0 +1,58 @@
+/* Vectors and activations shared by the native conv kernels (depthwise.c, pointwise.c).
+ *
+ * 16 floats (and 8, for channel counts like 24 or 40) as one vector with GCC / Clang vector extensions:
+ * AVX-512 where there is one, else split by the compiler. may_alias and aligned(4) make a cache row's pointer
+ * a valid unaligned vector load. Written out because gcc left a per-lane activation scalar, storing each lane
+ * through the stack (a 32-channel 3x3 depthwise conv: 44 -> 11 ns per position, one thread, measured). */
+#ifndef FXSPARSE_VECTORS_H
+#define FXSPARSE_VECTORS_H
+#include <stdint.h>
+
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_CLAMP = 2, ACT_HARDSWISH = 3 };
+
+static inline float activate(float v, int act, float lo, float hi) {
+    if (act == ACT_RELU) return v > 0.f ? v : 0.f;
+    if (act == ACT_CLAMP) return v < lo ? lo : (v > hi ? hi : v);
+    if (act == ACT_HARDSWISH) {  /* PyTorch's: x * min(max(x + 3, 0), 6) / 6 */
+        float r = v + 3.f;
+        r = r < 0.f ? 0.f : (r > 6.f ? 6.f : r);
+        return v * r / 6.f;
+    }
+    return v;
+}
+
+#define LANES 16
+typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t vi __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int32_t vi8 __attribute__((vector_size(32), aligned(4), may_alias));
+
+/* v in every lane: a scalar operand of a vector operation is broadcast; v - 0 is v exactly (also for -0, where
+ * 0 + v is not), so the compiler emits the broadcast alone */
+#define SPLAT(V, v) ((v) - (V){0})
+static inline vf splat(float v) { return SPLAT(vf, v); }
+
+/* activate() on a vector V (integer vector I of the same lanes): the same operations in the same order */
+#define ACTIVATE_VECTOR(NAME, V, I)                                                                    \
+    static inline V NAME(V v, int act, float lo, float hi) {                                           \
+        const V zero = (V){0}, l = SPLAT(V, lo), h = SPLAT(V, hi), three = SPLAT(V, 3.f), six = SPLAT(V, 6.f);      \
+        if (act == ACT_RELU) return (V)(((I)v & (v > zero)));                                          \
+        if (act == ACT_CLAMP) {                                                                        \
+            const I below = v < l, above = v > h;                                                      \
+            const V upper = (V)(((I)h & above) | ((I)v & ~above));                                     \
+            return (V)(((I)l & below) | ((I)upper & ~below));                                          \
+        }                                                                                              \
+        if (act == ACT_HARDSWISH) {                                                                    \
+            V r = v + three;                                                                           \
+            const I neg = r < zero, big = r > six;                                                     \
+            r = (V)(((I)six & big) | ((I)r & ~big));                                                   \
+            r = (V)((I)r & ~neg);                                                                      \
+            return v * r / six;                                                                        \
+        }                                                                                              \
+        return v;                                                                                      \
+    }
+
+ACTIVATE_VECTOR(activate_vec, vf, vi)
+ACTIVATE_VECTOR(activate_vec8, vf8, vi8)
+
+#endif
