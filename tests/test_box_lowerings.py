@@ -1,6 +1,10 @@
 """Lowerings that compute a whole changed box: depthwise convs (dense conv on the box, else gathered
 taps, else the whole layer; Note [Depthwise on the box]) and 1x1 convs (one GEMM over the box's rows read
-in place, Note [Pointwise GEMM on the box]). Every path gives the dense model's output."""
+in place, Note [Pointwise GEMM on the box]). Every path gives the dense model's output. These are the
+PyTorch paths, taken where the native kernels are not (no C compiler, bfloat16): the kernels are switched off
+here and tested in test_native_kernels.py."""
+
+from unittest import mock
 
 import pytest
 import torch
@@ -9,7 +13,14 @@ from torch import nn
 
 import fxsparse
 from conftest import assert_close_scaled
+from fxsparse.kernels import native
 from fxsparse.kernels.buckets import bucket_span
+
+
+@pytest.fixture(autouse=True)
+def _without_native_kernels():
+    with mock.patch.object(native, "available", lambda: False):
+        yield
 
 
 def _net(stride=1, dilation=1, residual=False):

@@ -1,9 +1,9 @@
-"""The C kernels (fxsparse/kernels/native.py). Note [Native depthwise box]: the depthwise kernel reads and
-writes the caches in place; it must equal PyTorch's conv (bias and activation included) on the box or rows
-it is given, touch nothing else, decline what it cannot run, and fxsparse must stay exact with it and
-without it. Note [Native mask footprint]: a window's footprint on a 0/1 mask equals max pooling of the
-zero-padded mask inside the box. Note [Native input difference]: the input mask and the largest difference
-equal PyTorch's, NaN and inf included."""
+"""The C kernels (fxsparse/kernels/native.py). Note [Native depthwise] and Note [Native pointwise]: the conv
+kernels read and write the caches in place; they must equal PyTorch's conv (bias, residual and activation
+included) at the changed positions of the box they are given, touch nothing else, decline what they cannot
+run, and fxsparse must stay exact with them and without them. Note [Native mask footprint]: a window's
+footprint on a 0/1 mask equals max pooling of the zero-padded mask inside the box. Note [Native input
+difference]: the input mask and the largest difference equal PyTorch's, NaN and inf included."""
 
 import os
 import subprocess
@@ -45,18 +45,19 @@ def _case(c, k, stride, dilation, bias, seed=0):
 @pytest.mark.parametrize("c", [1, 16, 24, 64, 100])  # the kernel's channel blocks: 32, 16, then one by one
 @pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2)])
 @pytest.mark.parametrize("act", ACTS, ids=["none", "relu", "relu6", "hardswish"])
-def test_box_equals_pytorchs_conv_there_and_leaves_the_rest(c, k, stride, dilation, act):
+def test_depthwise_equals_pytorchs_conv_on_a_changed_box_and_leaves_the_rest(c, k, stride, dilation, act):
     x, w, b, pad = _case(c, k, stride, dilation, bias=c != 24)
     expected = ops.apply_activation(F.conv2d(x, w, b, stride, pad, dilation, c), act)
     ho, wo = expected.shape[2:]
     sentinel = torch.full((2 * ho * wo, c), 7.0)
     out = sentinel.clone()
     box = (1, ho - 1, 0, wo - 2)  # touches the left edge, stays off the others
-    taps = w.flatten(1).t().contiguous()
-    assert native.depthwise_box(_rows(x), out, taps, b, (13, 17), (ho, wo), (k, k), (stride, stride), (pad, pad),
-                                (dilation, dilation), box, act)
-    got = out.view(2, ho, wo, c).permute(0, 3, 1, 2)
     y0, y1, x0, x1 = box
+    mask = torch.ones(2, 1, ho, wo)  # changed everywhere: the box alone limits the work
+    taps = w.flatten(1).t().contiguous()
+    assert native.depthwise_masked(_rows(x), out, taps, b, mask, (13, 17), (k, k), (stride, stride), (pad, pad),
+                                   (dilation, dilation), box, 2 * ho * wo, act)
+    got = out.view(2, ho, wo, c).permute(0, 3, 1, 2)
     torch.testing.assert_close(got[:, :, y0:y1, x0:x1], expected[:, :, y0:y1, x0:x1], rtol=1e-5, atol=1e-5)
     inside = torch.zeros(2, ho, wo, dtype=torch.bool)
     inside[:, y0:y1, x0:x1] = True
@@ -64,25 +65,32 @@ def test_box_equals_pytorchs_conv_there_and_leaves_the_rest(c, k, stride, dilati
 
 
 @needs_native
-@pytest.mark.parametrize("act", ACTS, ids=["none", "relu", "relu6", "hardswish"])
-def test_rows_equal_pytorchs_conv_at_those_rows_only(act):
-    x, w, b, pad = _case(40, 3, 1, 1, bias=True, seed=1)
-    expected = _rows(ops.apply_activation(F.conv2d(x, w, b, 1, pad, 1, 40), act))
-    rows = torch.randperm(len(expected), generator=torch.Generator().manual_seed(2))[:50]
-    out = torch.zeros_like(expected)
-    assert native.depthwise_rows(_rows(x), out, w.flatten(1).t().contiguous(), b, rows, (13, 17), (13, 17), (3, 3),
-                                 (1, 1), (1, 1), (1, 1), act)
-    torch.testing.assert_close(out[rows], expected[rows], rtol=1e-5, atol=1e-5)
-    others = torch.ones(len(out), dtype=torch.bool)
-    others[rows] = False
-    assert not out[others].any()
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_runs_of_every_length_with_gaps(stride):
+    """Runs of 1-7 changed neighbours, one unchanged position between them: four at a time only where four
+    neighbours changed, nothing written in the gaps."""
+    x, w, b, _ = _case(20, 3, stride, 1, bias=True)
+    x = torch.randn(2, 20, 9, 80, generator=torch.Generator().manual_seed(3))
+    expected = _rows(F.conv2d(x, w, b, stride, 1, 1, 20))
+    ho, wo = (9 - 1) // stride + 1, (80 - 1) // stride + 1
+    mask, col = torch.zeros(2, 1, ho, wo), 1
+    for run in range(1, 8):
+        mask[:, :, 1, col:col + run] = 1.0
+        col += run + 1
+    out = torch.full_like(expected, 7.0)
+    assert native.depthwise_masked(_rows(x), out, w.flatten(1).t().contiguous(), b, mask, (9, 80), (3, 3),
+                                   (stride, stride), (1, 1), (1, 1), (0, ho, 0, wo), int(mask.sum()), None)
+    changed = mask.view(-1) > 0
+    torch.testing.assert_close(out[changed], expected[changed], rtol=1e-5, atol=1e-5)
+    assert (out[~changed] == 7.0).all()
 
 
 @needs_native
 @given(st.data())
-def test_depthwise_box_and_rows_equal_pytorchs_conv_on_any_geometry(data):
+def test_depthwise_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     """Any channel count (vector blocks of 32 and 16, then one by one), kernel, stride, dilation and
-    asymmetric padding; rows in runs of neighbours (computed four at a time) and alone, at the borders too."""
+    asymmetric padding; changed positions in runs of neighbours (computed four at a time) and alone, at the
+    borders too; exactly the changed positions inside the box are written."""
     b, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 50))
     h, w = data.draw(st.integers(1, 14)), data.draw(st.integers(1, 14))
     kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
@@ -98,24 +106,21 @@ def test_depthwise_box_and_rows_equal_pytorchs_conv_on_any_geometry(data):
     x, wt = torch.randn(b, c, h, w, generator=g), torch.randn(c, 1, kh, kw, generator=g)
     bias = torch.randn(c, generator=g) if data.draw(st.booleans()) else None
     expected = _rows(ops.apply_activation(F.conv2d(F.pad(x, (pl, pr, pt, pb)), wt, bias, (sh, sw), 0, (dh, dw), c), act))
-    taps, geometry = wt.flatten(1).t().contiguous(), ((h, w), (ho, wo), (kh, kw), (sh, sw), (pt, pl), (dh, dw))
+    # runs of 1-9 changed neighbours from random starts (they may wrap into the next row)
+    mask = torch.zeros(b * ho * wo)
+    for start in data.draw(st.lists(st.integers(0, b * ho * wo - 1), min_size=1, max_size=6)):
+        mask[start:start + data.draw(st.integers(1, 9))] = 1.0
+    mask = mask.view(b, 1, ho, wo)
     oy0, ox0 = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
     box = (oy0, data.draw(st.integers(oy0 + 1, ho)), ox0, data.draw(st.integers(ox0 + 1, wo)))
     out = torch.full_like(expected, 7.0)
-    assert native.depthwise_box(_rows(x), out, taps, bias, *geometry, box, act)
-    inside = torch.zeros(b, ho, wo, dtype=torch.bool)
-    inside[:, box[0]:box[1], box[2]:box[3]] = True
-    torch.testing.assert_close(out[inside.view(-1)], expected[inside.view(-1)], rtol=1e-5, atol=1e-5)
-    assert (out[~inside.view(-1)] == 7.0).all()
-    # rows: runs of 1-9 neighbours from random starts (they may wrap into the next row), sorted and unique
-    starts = data.draw(st.lists(st.integers(0, b * ho * wo - 1), min_size=1, max_size=6))
-    rows = torch.unique(torch.cat([torch.arange(s, min(s + data.draw(st.integers(1, 9)), b * ho * wo)) for s in starts]))
-    out = torch.full_like(expected, 7.0)
-    assert native.depthwise_rows(_rows(x), out, taps, bias, rows, *geometry, act)
-    torch.testing.assert_close(out[rows], expected[rows], rtol=1e-5, atol=1e-5)
-    others = torch.ones(len(out), dtype=torch.bool)
-    others[rows] = False
-    assert (out[others] == 7.0).all()
+    assert native.depthwise_masked(_rows(x), out, wt.flatten(1).t().contiguous(), bias, mask, (h, w), (kh, kw),
+                                   (sh, sw), (pt, pl), (dh, dw), box, int(mask.sum()), act)
+    written = torch.zeros_like(mask, dtype=torch.bool)
+    written[:, :, box[0]:box[1], box[2]:box[3]] = mask[:, :, box[0]:box[1], box[2]:box[3]] > 0
+    written = written.view(-1)
+    torch.testing.assert_close(out[written], expected[written], rtol=1e-5, atol=1e-5)
+    assert (out[~written] == 7.0).all()
 
 
 @needs_native
@@ -157,14 +162,15 @@ def test_pointwise_declines_what_it_cannot_run_untouched():
     assert not out.any()
 
 
-def test_what_the_kernel_cannot_run_is_declined_untouched():
+def test_what_the_depthwise_kernel_cannot_run_is_declined_untouched():
     x, w, b, pad = _case(16, 3, 1, 1, bias=True)
-    taps, inp = w.flatten(1).t().contiguous(), _rows(x)
+    taps, inp, mask = w.flatten(1).t().contiguous(), _rows(x), torch.ones(2, 1, 13, 17)
     out = torch.zeros(2 * 13 * 17, 16)
-    args = ((13, 17), (13, 17), (3, 3), (1, 1), (1, 1), (1, 1), (0, 13, 0, 17))
-    assert not native.depthwise_box(inp, out, taps, b, *args, ("sigmoid",))  # no native form: PyTorch's own
-    assert not native.depthwise_box(inp.bfloat16(), out.bfloat16(), taps.bfloat16(), b.bfloat16(), *args, None)
-    assert not native.depthwise_box(inp, out, taps.t(), b, *args, None)  # not contiguous
+    args = ((13, 17), (3, 3), (1, 1), (1, 1), (1, 1), (0, 13, 0, 17), 2 * 13 * 17)
+    assert not native.depthwise_masked(inp, out, taps, b, mask, *args, ("sigmoid",))  # no native form: PyTorch's
+    assert not native.depthwise_masked(inp.bfloat16(), out.bfloat16(), taps.bfloat16(), b.bfloat16(), mask, *args, None)
+    assert not native.depthwise_masked(inp, out, taps.t(), b, mask, *args, None)  # not contiguous
+    assert not native.depthwise_masked(inp, out, taps, b, mask.bool(), *args, None)
     assert not out.any()
 
 
@@ -198,19 +204,18 @@ def test_sparse_module_uses_the_kernel_and_equals_dense():
             return ran[-1][1]
         return call
 
-    with mock.patch.object(native, "depthwise_box", spy(native.depthwise_box)), \
-            mock.patch.object(native, "depthwise_rows", spy(native.depthwise_rows)), \
+    with mock.patch.object(native, "depthwise_masked", spy(native.depthwise_masked)), \
             mock.patch.object(native, "pointwise_masked", spy(native.pointwise_masked)):
         sm = fxsparse.transform(net)
         frames = moving_object_frames(1, 64, 80, 5)
         scattered = frames[-1].clone()
-        for y, x in ((2, 3), (60, 75), (5, 70), (58, 4)):  # changes far apart: gathered rows
+        for y, x in ((2, 3), (60, 75), (5, 70), (58, 4)):  # changes far apart: positions one at a time
             scattered[:, :, y, x] += 1.0
         for x in frames + [scattered]:
             with torch.no_grad():
                 expected = net(x)
             assert_close_scaled(sm(x), expected)
-    assert ("depthwise_box", True) in ran and ("depthwise_rows", True) in ran
+    assert ("depthwise_masked", True) in ran
     assert ("pointwise_masked", True) in ran  # the expand, project (with its residual) and head 1x1 convs
 
 

@@ -1,6 +1,6 @@
-/* Note [Native depthwise box]: a depthwise conv recomputed on an output box, reading and writing the
- * activation caches in place (channels-last rows: [B * H * W, C] in, [B * Ho * Wo, C] out), with the bias and
- * the activation applied before the one store. Built and loaded by fxsparse/kernels/native.py. */
+/* Note [Native depthwise]: a depthwise conv recomputed at the changed positions of an output box, reading and
+ * writing the activation caches in place (channels-last rows: [B * H * W, C] in, [B * Ho * Wo, C] out), with
+ * the bias and the activation applied before the one store. Built and loaded by fxsparse/kernels/native.py. */
 #include <stdint.h>
 
 #include "vectors.h"
@@ -84,51 +84,34 @@ static inline void interior(const conv_t* g, int64_t* lo, int64_t* hi) {
 
 #define CONV_T {taps, bias, C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, act, lo, hi}
 
-/* Every position of output box [oy0, oy1) x [ox0, ox1) of every stream; padding outside the image is zero. */
-void fxsparse_depthwise_box(const float* in, float* out, const float* taps, const float* bias, int64_t B, int64_t C,
-                            int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t KH, int64_t KW, int64_t sh,
-                            int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t oy0, int64_t oy1,
-                            int64_t ox0, int64_t ox1, int act, float lo, float hi) {
+/* The changed positions (mask > 0; mask: [B, 1, Ho, Wo]) of output box [oy0, oy1) x [ox0, ox1) of every stream:
+ * the box scanned row by row, runs of four changed neighbours through four(), the rest through one(). No
+ * list of positions and nothing computed where nothing changed. */
+void fxsparse_depthwise_masked(const float* in, float* out, const float* taps, const float* bias, const float* mask,
+                               int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t KH,
+                               int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw,
+                               int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1, int64_t changed, int act, float lo,
+                               float hi) {
     const conv_t g = CONV_T;
-    const int64_t rows = oy1 - oy0, lines = B * rows, positions = lines * (ox1 - ox0);
+    const int64_t rows = oy1 - oy0, lines = B * rows;
     int64_t in_lo, in_hi;
     interior(&g, &in_lo, &in_hi);
-    /* by output row: the divisions that locate a row are paid once per row, not per position */
-    #pragma omp parallel for schedule(static) if (WORTH_THREADS(positions))
+    #pragma omp parallel for schedule(static) if (WORTH_THREADS(changed))
     for (int64_t line = 0; line < lines; ++line) {
         const int64_t b = line / rows, oy = oy0 + line % rows;
         const float* src = in + b * H * W * C;
-        float* o = out + ((b * Ho + oy) * Wo + ox0) * C;
-        int64_t ox = ox0;
-        for (; ox < ox1 && ox < in_lo; ++ox, o += C) one(&g, src, o, oy, ox);
-        for (; ox + 4 <= ox1 && ox + 4 <= in_hi; ox += 4, o += 4 * C) four(&g, src, o, oy, ox);
-        for (; ox < ox1; ++ox, o += C) one(&g, src, o, oy, ox);
-    }
-}
-
-/* The output rows listed in rows[0..n) (flat indices b * Ho * Wo + oy * Wo + ox), same arguments otherwise.
- * Runs of four neighbours in a row go through four(). */
-void fxsparse_depthwise_rows(const float* in, float* out, const float* taps, const float* bias, const int64_t* rows,
-                             int64_t n, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t KH,
-                             int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw,
-                             int act, float lo, float hi) {
-    const conv_t g = CONV_T;
-    const int64_t chunk = 64, chunks = (n + chunk - 1) / chunk;
-    int64_t in_lo, in_hi;
-    interior(&g, &in_lo, &in_hi);
-    #pragma omp parallel for schedule(static) if (WORTH_THREADS(n))
-    for (int64_t k = 0; k < chunks; ++k) {
-        const int64_t end = (k + 1) * chunk < n ? (k + 1) * chunk : n;
-        for (int64_t i = k * chunk; i < end;) {
-            const int64_t r = rows[i], b = r / (Ho * Wo), q = r % (Ho * Wo), oy = q / Wo, ox = q % Wo;
-            const float* src = in + b * H * W * C;
-            if (i + 4 <= end && rows[i + 1] == r + 1 && rows[i + 2] == r + 2 && rows[i + 3] == r + 3 &&
-                ox >= in_lo && ox + 4 <= in_hi && ox + 4 <= Wo) {
-                four(&g, src, out + r * C, oy, ox);  /* r .. r + 3: neighbours in one row */
-                i += 4;
+        const float* m = mask + (b * Ho + oy) * Wo;
+        float* o = out + (b * Ho + oy) * Wo * C;
+        for (int64_t ox = ox0; ox < ox1;) {
+            if (!(m[ox] > 0.f)) {
+                ++ox;
+            } else if (ox >= in_lo && ox + 4 <= in_hi && ox + 4 <= ox1 && m[ox + 1] > 0.f && m[ox + 2] > 0.f &&
+                       m[ox + 3] > 0.f) {
+                four(&g, src, o + ox * C, oy, ox);
+                ox += 4;
             } else {
-                one(&g, src, out + r * C, oy, ox);
-                i += 1;
+                one(&g, src, o + ox * C, oy, ox);
+                ++ox;
             }
         }
     }

@@ -1,12 +1,25 @@
 """Small C kernels that work on the caches and masks in place, compiled on first use with the system's C
-compiler and loaded with ctypes (one library from ``depthwise.c``, ``masks.c`` and ``frames.c``).
+compiler and loaded with ctypes (one library from ``depthwise.c``, ``pointwise.c``, ``masks.c`` and
+``frames.c``; ``vectors.h`` holds their shared vector type and activations).
 
-Note [Native depthwise box]: a depthwise conv on a changed box went through oneDNN on a crop: a copy of the
+Note [Native depthwise]: a depthwise conv went through oneDNN on a crop of its changed box: a copy of the
 input crop, the conv into a fresh tensor, a copy of the result back into the cache, and oneDNN's per-call
-set-up, ~0.15-0.2 ms per call inside mobilenet_v2's walk for 15-75 us of kernel time. ``depthwise.c`` reads
-the input cache and writes the output cache in place, bias and activation included, in channel blocks that
-stay in registers; OpenMP threads only above ~0.2 M multiply-adds (isolated, 2 threads: 233 -> 55 us for a
-[384, 20x20] box, 475 -> 177 us for [576, 25x30], 296 -> 98 us for [96, 20x22]).
+set-up, ~0.15-0.2 ms per call inside mobilenet_v2's walk for 15-75 us of kernel time. ``depthwise.c`` scans
+the output mask inside the changed box and computes exactly the changed positions, reading the input cache
+and writing the output cache in place, bias and activation included: 16-lane vectors, four neighbouring
+positions at a time (several accumulators in flight; one alone waits on each multiply-add's latency: a
+32-channel box ran at 44 ns per position, now 11), OpenMP threads only above ~0.2 M multiply-adds. In place it
+beats oneDNN's dense op on the whole map even where everything changed (blob masks, same-process A/B: 10%
+changed 0.15-0.22x of the dense op's time, 50% 0.20-0.61x, 100% 0.50-0.93x; the dense op writes a fresh
+tensor), so a native depthwise conv never switches to dense. Earlier versions chose between the whole box
+and a list of gathered rows; the mask scan needs neither.
+
+Note [Native pointwise]: ``pointwise.c`` does the same for a 1x1 conv: the changed positions of the box, eight
+or four at a time against blocks of 16-64 output channels held in registers (each weight vector loaded once
+for the group, each input value broadcast once), bias, residual and activation before the store, no gather
+and no scatter. Against gather + addmm + scatter (isolated, interleaved): 0.46-0.53x for mobilenet_v2's
+expansions ([16, 96], [24, 144], [32, 192]), 0.60-0.82x for its projections and [96, 576], [576, 96]; up to
+weights of 2^18 elements (window.py: NATIVE_POINTWISE_MAX_WEIGHTS; beyond, MKL's blocked GEMM wins).
 
 Note [Native mask footprint]: ``masks.c`` writes a window op's change mask (max over each output's window,
 zero outside the image) straight into the output box, instead of crop, pad, shifted-slice maxima and copy
@@ -106,13 +119,12 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
                 os.remove(tmp)
     lib = ctypes.CDLL(path)
     i64, ptr, act = ctypes.c_int64, ctypes.c_void_p, [ctypes.c_int, ctypes.c_float, ctypes.c_float]
-    lib.fxsparse_depthwise_box.argtypes = [ptr] * 4 + [i64] * 18 + act
-    lib.fxsparse_depthwise_rows.argtypes = [ptr] * 5 + [i64] * 14 + act
+    lib.fxsparse_depthwise_masked.argtypes = [ptr] * 5 + [i64] * 19 + act
     lib.fxsparse_pointwise_masked.argtypes = [ptr] * 6 + [i64] * 10 + act
     lib.fxsparse_window_max.argtypes = [ptr] * 2 + [i64] * 17 + [ptr]
     lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_float, ptr, ptr]
     lib.fxsparse_input_diff_u8.argtypes = lib.fxsparse_input_diff.argtypes
-    for fn in (lib.fxsparse_depthwise_box, lib.fxsparse_depthwise_rows, lib.fxsparse_pointwise_masked,
+    for fn in (lib.fxsparse_depthwise_masked, lib.fxsparse_pointwise_masked,
                lib.fxsparse_window_max, lib.fxsparse_input_diff, lib.fxsparse_input_diff_u8):
         fn.restype = None
     return lib
@@ -164,31 +176,20 @@ def available() -> bool:
     return _library() is not None
 
 
-def depthwise_box(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
-                  in_hw, out_hw, kernel, stride, pad_top_left, dilation, box, act) -> bool:
-    """Recompute output ``box`` (y0, y1, x0, x1) of a depthwise conv for every stream, in place in ``out``
-    (Note [Native depthwise box]). ``inp`` / ``out``: channels-last rows ``[B * H * W, C]``; ``taps``:
-    ``[kh * kw, C]``. Returns False, touching nothing, where the kernel cannot run it."""
+def depthwise_masked(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
+                     mask: torch.Tensor, in_hw, kernel, stride, pad_top_left, dilation, box, changed: int, act) -> bool:
+    """Recompute a depthwise conv at the changed positions (output mask ``mask > 0``, ``[B, 1, Ho, Wo]`` float32)
+    of output ``box`` (y0, y1, x0, x1) of every stream, in place in ``out`` (Note [Native depthwise]).
+    ``inp`` / ``out``: channels-last rows ``[B * H * W, C]`` / ``[B * Ho * Wo, C]``; ``taps``: ``[kh * kw, C]``;
+    ``changed``: about how many positions (it decides on threads). Returns False, touching nothing, where the
+    kernel cannot run it."""
     run = _runnable(inp, out, taps, bias, act)
-    if run is None:
+    if run is None or mask.dtype != torch.float32 or not mask.is_contiguous():
         return False
-    (h, w), (ho, wo) = in_hw, out_hw
-    run[0].fxsparse_depthwise_box(
-        inp.data_ptr(), out.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(),
-        inp.shape[0] // (h * w), inp.shape[1], h, w, ho, wo, *kernel, *stride, *pad_top_left, *dilation, *box, *run[1])
-    return True
-
-
-def depthwise_rows(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
-                   rows: torch.Tensor, in_hw, out_hw, kernel, stride, pad_top_left, dilation, act) -> bool:
-    """:func:`depthwise_box` for the output rows ``rows`` (int64 flat indices into ``out``) instead of a box."""
-    run = _runnable(inp, out, taps, bias, act)
-    if run is None or rows.dtype != torch.int64 or not rows.is_contiguous():
-        return False
-    (h, w), (ho, wo) = in_hw, out_hw
-    run[0].fxsparse_depthwise_rows(
-        inp.data_ptr(), out.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(), rows.data_ptr(),
-        len(rows), inp.shape[1], h, w, ho, wo, *kernel, *stride, *pad_top_left, *dilation, *run[1])
+    (h, w), (b, _, ho, wo) = in_hw, mask.shape
+    run[0].fxsparse_depthwise_masked(
+        inp.data_ptr(), out.data_ptr(), taps.data_ptr(), None if bias is None else bias.data_ptr(), mask.data_ptr(),
+        b, inp.shape[1], h, w, ho, wo, *kernel, *stride, *pad_top_left, *dilation, *box, changed, *run[1])
     return True
 
 

@@ -142,14 +142,6 @@ DEPTHWISE_SWITCH_SCALE = 0.2
 # map run the dense op instead (a [960, 18, 12] box of an 18x24 map: 0.8 ms against 0.25 ms dense).
 BOX_WASTE = 4.0
 BOX_MAX_SHARE = 0.3
-# Note [Native depthwise box]: in place and with no crop, a box of any size pays (mobilenet_v2 1%: 0.80 of
-# the time with the box up to the whole map, 0.84 up to 0.3 of it) while its changes fill an eighth of it;
-# scattered changes keep the gathered rows (CDnet highway at 16/255: 1.12x slower with any box). A map more
-# than BOX_MAX_CHANGED changed runs the dense op: oneDNN's kernel over a whole map is faster than this one
-# (LR-ASPP 1%, its squeeze-excite blocks change whole maps: 1.087 of the time without the limit, 0.985 with)
-NATIVE_BOX_WASTE = 8.0
-NATIVE_BOX_MAX_SHARE = 1.0
-BOX_MAX_CHANGED = 0.5
 
 
 def prepare_window(step, ctx):
@@ -159,7 +151,6 @@ def prepare_window(step, ctx):
     _, _, ho, wo = out.shape
     cfg = step.config
     cfg["stride"] = s
-    cfg["box_limits"] = (BOX_MAX_SHARE, BOX_WASTE)
     cfg["offsets"] = T.kernel_offsets(k, d, (top, left))
     cfg["fill"] = float("-inf") if step.node.target is ops.max_pool2d else 0.0
     cfg["identity_taps"] = k == (1, 1) and s == (1, 1) and (top, left) == (0, 0)
@@ -194,12 +185,12 @@ def prepare_window(step, ctx):
             cfg["lowering"] = "taps"
             cfg["box_conv"] = True  # Note [Depthwise on the box]
             cfg["tap_weights"] = weight.flatten(1).t().contiguous()  # [K, C]
-            # Note [Native depthwise box]: box limits above; gathered rows run natively too
+            # Note [Native depthwise]: the changed positions in place, where the kernel runs this conv
             cfg["native"] = _residual(step) is None and native.activation_code(step.node.args[7]) is not None and \
                 weight.dtype == torch.float32 and native.available()
             if cfg["native"]:
-                cfg["box_limits"] = (NATIVE_BOX_MAX_SHARE, NATIVE_BOX_WASTE)
-            if ctx.dense_switch <= 1.0:
+                ctx.switches[step.node] = 1.0  # in place, it beats oneDNN's dense op even fully changed
+            elif ctx.dense_switch <= 1.0:
                 # oneDNN's channels-last depthwise conv costs ~0.2 us per position of a 36x48x576 map, the
                 # gathered taps ~2 us (measured): switch to dense 5x earlier (mobilenet_v2 576x768,
                 # 0.5 -> 0.1: 5-15% faster per frame at 1%, 5% and 20% change over three A/B runs)
@@ -268,14 +259,12 @@ def execute_window(step, ctx, mask):
     mpp = step.macs_per_position
     if cfg["lowering"] == "tiles":
         return _execute_tiles(step, ctx, mask)
+    if cfg.get("native") and _native_depthwise(step, ctx, mask):
+        return sum(ctx.stream_counts(step.node)) * mpp
     if cfg.get("box_conv"):  # Note [Depthwise on the box]: before the dense switch, which it undercuts
         box = _bucketed(ctx.box(step.node), ho, wo)
         area = (box[1] - box[0]) * (box[3] - box[2])
-        max_share, waste = cfg["box_limits"]
-        if b > 1:  # the box is every stream's: a large one would recompute quiet streams whole
-            max_share = min(max_share, BOX_MAX_SHARE)
-        changed = sum(ctx.stream_counts(step.node))
-        if area <= max_share * ho * wo and area * b <= waste * changed and changed <= BOX_MAX_CHANGED * b * ho * wo:
+        if area <= BOX_MAX_SHARE * ho * wo and area * b <= BOX_WASTE * sum(ctx.stream_counts(step.node)):
             _conv_on_box(step, ctx, box)
             return area * b * mpp
     if cfg["identity_taps"] and (ho, wo) == (1, 1) and cfg["lowering"] == "gemm":
@@ -301,19 +290,19 @@ def execute_window(step, ctx, mask):
     if len(dense):
         pos = pos[~torch.isin(pos // (ho * wo), dense)]
     if len(pos):
-        if not (cfg.get("native") and _native_rows(step, ctx, pos)):
-            out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos, ctx.box(step.node)))
+        out.buf.index_copy_(0, pos, _window_rows(step, ctx, pos, ctx.box(step.node)))
         executed += len(pos) * mpp
     return executed
 
 
-def _native_rows(step, ctx, pos) -> bool:
-    """A depthwise conv's output rows ``pos`` computed in place by the native kernel (Note [Native depthwise
-    box]); False where it cannot run them."""
+def _native_depthwise(step, ctx, mask) -> bool:
+    """A depthwise conv's changed positions computed in place by the native kernel (Note [Native
+    depthwise]); False where it cannot run them."""
     inp, out = ctx.cache(step.node.args[0]), ctx.cache(step.node)
     (kh, kw), s, (pt, _, pl, _), d, _ = _geometry(step)
-    return native.depthwise_rows(inp.buf, out.buf, step.config["tap_weights"], step.consts[2], pos, inp.shape[2:],
-                                 out.shape[2:], (kh, kw), s, (pt, pl), d, step.node.args[7])
+    return native.depthwise_masked(inp.buf, out.buf, step.config["tap_weights"], step.consts[2], mask, inp.shape[2:],
+                                   (kh, kw), s, (pt, pl), d, ctx.box(step.node), sum(ctx.stream_counts(step.node)),
+                                   step.node.args[7])
 
 
 # The native kernel streams a 1x1 conv's whole weight for every eight positions: past ~half the L2 cache
@@ -385,10 +374,6 @@ def _conv_on_box(step, ctx, box):
     h, w = inp.shape[2:]
     res = _residual(step)
     a = step.node.args
-    if step.config.get("native") and native.depthwise_box(
-            inp.buf, out.buf, step.config["tap_weights"], step.consts[2], (h, w), out.shape[2:], (kh, kw), (sh, sw),
-            (pt, pl), (dh, dw), box, a[7]):
-        return  # Note [Native depthwise box]: read and written in place, no crop
     iy0, iy1 = oy0 * sh - pt, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1
     ix0, ix1 = ox0 * sw - pl, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1
     x = inp.view()[:, :, max(iy0, 0) : min(iy1, h), max(ix0, 0) : min(ix1, w)]
