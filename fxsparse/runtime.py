@@ -187,6 +187,7 @@ class Engine:
         k = len(chain.steps)
         for i, step in enumerate(chain.steps):
             step.config["lowering"] = f"chain {i + 1}/{k}, {chain.tile[0]}x{chain.tile[1]} tiles"
+            step.config.pop("label", None)  # the chain runs it, not its own lowering
             if i < k - 1:
                 step.rule = dataclasses.replace(step.rule, execute=lambda step, ctx, mask: 0)
                 self.values[step.node] = None  # never read again: the chain recomputes it inside its tiles
@@ -691,13 +692,20 @@ class Engine:
                     step.name,
                     step.op,
                     step.rule.name,
-                    step.config.get("lowering", "rows" if step.kind == "rows" else "positions")
-                    + (f", dense above {self.switches[step.node]:.0%}" if step.node in self.switches else "")
+                    step.config.get("label", step.config.get("lowering", "rows" if step.kind == "rows" else "positions"))
+                    + _switch_text(self.switches.get(step.node))
                     + ("; all changed: straight to the output" if step.node in self._direct else ""),
                     step.fallback_reason,
                 )
             )
         return CoverageReport(entries)
+
+
+def _switch_text(switch: float | None) -> str:
+    """How a layer's dense switch reads in the coverage report."""
+    if switch is None:
+        return ""
+    return ", never dense" if switch >= 1.0 else f", dense above {switch:.0%}"
 
 
 def _count_ones(mask: torch.Tensor) -> list[int]:

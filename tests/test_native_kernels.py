@@ -219,6 +219,16 @@ def test_sparse_module_uses_the_kernel_and_equals_dense():
     assert ("pointwise_masked", True) in ran  # the expand, project (with its residual) and head 1x1 convs
 
 
+@needs_native
+def test_coverage_names_the_native_lowerings_and_their_switches():
+    sm = fxsparse.transform(_Blocks().eval())
+    sm(torch.rand(1, 3, 32, 32))
+    lowering = {e.name: e.lowering for e in sm.coverage().entries}
+    assert lowering["dw.0"] == "native depthwise at the changed positions, never dense"
+    assert lowering["expand.0"] == "native 1x1 at the changed positions, dense above 90%"
+    assert lowering["stem"] == "gemm"  # a 3x3 conv over the frame: PyTorch's paths
+
+
 def test_without_a_compiler_or_switched_off_fxsparse_keeps_the_onednn_path(tmp_path):
     """In fresh processes: the kernels are built on first use, so their state is per process. A compiler
     without OpenMP still builds them (one thread)."""
