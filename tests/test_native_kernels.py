@@ -1,4 +1,4 @@
-"""The C kernels (fxsparse/kernels/native.py). Note [Native depthwise] and Note [Native pointwise]: the conv
+"""The C kernels (fxsparse/kernels/native.py). Note [Native depthwise] and Note [Native conv]: the conv
 kernels read and write the caches in place; they must equal PyTorch's conv (bias, residual and activation
 included) at the changed positions of the box they are given, touch nothing else, decline what they cannot
 run, and fxsparse must stay exact with them and without them. Note [Native mask footprint]: a window's
@@ -125,24 +125,35 @@ def test_depthwise_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
 
 @needs_native
 @given(st.data())
-def test_pointwise_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
-    """Note [Native pointwise]: any channel counts (output blocks of 64, 32, 16 and 8 channels, then one by one;
-    positions eight, four and one at a time), with or without bias, residual and activation, several streams;
-    exactly the changed positions inside the box are written."""
+def test_conv_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
+    """Note [Native conv]: any input and output channel counts (output blocks of 64, 32, 16 and 8 channels,
+    then one by one; positions eight, four and one at a time), kernel, stride, dilation and asymmetric
+    padding, with or without bias, residual and activation, several streams; exactly the changed positions
+    inside the box are written."""
     b, h, w = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
-    k, n = data.draw(st.integers(1, 40)), data.draw(st.sampled_from([1, 7, 8, 16, 24, 33, 64, 72, 100]))
+    c, n = data.draw(st.integers(1, 20)), data.draw(st.sampled_from([1, 7, 8, 16, 24, 33, 64, 72, 100]))
+    kh, kw = data.draw(st.sampled_from([(1, 1), (3, 3), (1, 3), (5, 2)]))
+    sh, sw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    dh, dw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    pt, pb = data.draw(st.integers(0, dh * (kh - 1))), data.draw(st.integers(0, dh * (kh - 1)))
+    pl, pr = data.draw(st.integers(0, dw * (kw - 1))), data.draw(st.integers(0, dw * (kw - 1)))
+    ho, wo = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        return
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
-    x, wt = torch.randn(b * h * w, k, generator=g), torch.randn(k, n, generator=g)
+    x, wt = torch.randn(b, c, h, w, generator=g), torch.randn(n, c, kh, kw, generator=g)
     bias = torch.randn(n, generator=g) if data.draw(st.booleans()) else None
-    residual = torch.randn(b * h * w, n, generator=g) if data.draw(st.booleans()) else None
+    residual = torch.randn(b * ho * wo, n, generator=g) if data.draw(st.booleans()) else None
     act = data.draw(st.sampled_from(ACTS))
-    mask = (torch.rand(b, 1, h, w, generator=g) < data.draw(st.sampled_from([0.1, 0.5, 1.0]))).float()
-    y0, x0 = data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))
-    box = (y0, data.draw(st.integers(y0 + 1, h)), x0, data.draw(st.integers(x0 + 1, w)))
-    expected = x @ wt + (0 if bias is None else bias) + (0 if residual is None else residual)
-    expected = ops.apply_activation(expected, act)
-    out = torch.full((b * h * w, n), 7.0)
-    assert native.pointwise_masked(x, out, wt, bias, residual, mask, box, int(mask.sum()), act)
+    expected = _rows(F.conv2d(F.pad(x, (pl, pr, pt, pb)), wt, bias, (sh, sw), 0, (dh, dw)))
+    expected = ops.apply_activation(expected + (0 if residual is None else residual), act)
+    mask = (torch.rand(b, 1, ho, wo, generator=g) < data.draw(st.sampled_from([0.1, 0.5, 1.0]))).float()
+    y0, x0 = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
+    box = (y0, data.draw(st.integers(y0 + 1, ho)), x0, data.draw(st.integers(x0 + 1, wo)))
+    out = torch.full((b * ho * wo, n), 7.0)
+    weight_t = wt.permute(2, 3, 1, 0).reshape(-1, n).contiguous()  # as window.py lays it out
+    assert native.conv_masked(_rows(x), out, weight_t, bias, residual, mask, (h, w), (kh, kw), (sh, sw), (pt, pl),
+                              (dh, dw), box, int(mask.sum()), act)
     written = torch.zeros_like(mask, dtype=torch.bool)
     written[:, :, box[0]:box[1], box[2]:box[3]] = mask[:, :, box[0]:box[1], box[2]:box[3]] > 0
     written = written.view(-1)
@@ -151,17 +162,18 @@ def test_pointwise_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
 
 
 @needs_native
-def test_pointwise_declines_what_it_cannot_run_untouched():
+def test_conv_declines_what_it_cannot_run_untouched():
     x, wt, mask = torch.randn(20, 8), torch.randn(8, 16), torch.ones(1, 1, 4, 5)
     out = torch.zeros(20, 16)
-    box = (0, 4, 0, 5)
-    assert not native.pointwise_masked(x, out, wt, None, None, mask, box, 20, ("sigmoid",))
-    assert not native.pointwise_masked(x.bfloat16(), out.bfloat16(), wt.bfloat16(), None, None, mask, box, 20, None)
-    assert not native.pointwise_masked(x, out, wt, None, None, mask.bool(), box, 20, None)
-    assert not native.pointwise_masked(x, out, wt, None, torch.zeros(20, 8), mask, box, 20, None)  # residual shape
+    geometry = ((4, 5), (1, 1), (1, 1), (0, 0), (1, 1), (0, 4, 0, 5), 20)
+    assert not native.conv_masked(x, out, wt, None, None, mask, *geometry, ("sigmoid",))
+    assert not native.conv_masked(x.bfloat16(), out.bfloat16(), wt.bfloat16(), None, None, mask, *geometry, None)
+    assert not native.conv_masked(x, out, wt, None, None, mask.bool(), *geometry, None)
+    assert not native.conv_masked(x, out, wt, None, torch.zeros(20, 8), mask, *geometry, None)  # residual shape
     assert not out.any()
 
 
+@needs_native
 def test_what_the_depthwise_kernel_cannot_run_is_declined_untouched():
     x, w, b, pad = _case(16, 3, 1, 1, bias=True)
     taps, inp, mask = w.flatten(1).t().contiguous(), _rows(x), torch.ones(2, 1, 13, 17)
@@ -205,7 +217,7 @@ def test_sparse_module_uses_the_kernel_and_equals_dense():
         return call
 
     with mock.patch.object(native, "depthwise_masked", spy(native.depthwise_masked)), \
-            mock.patch.object(native, "pointwise_masked", spy(native.pointwise_masked)):
+            mock.patch.object(native, "conv_masked", spy(native.conv_masked)):
         sm = fxsparse.transform(net)
         frames = moving_object_frames(1, 64, 80, 5)
         scattered = frames[-1].clone()
@@ -216,7 +228,7 @@ def test_sparse_module_uses_the_kernel_and_equals_dense():
                 expected = net(x)
             assert_close_scaled(sm(x), expected)
     assert ("depthwise_masked", True) in ran
-    assert ("pointwise_masked", True) in ran  # the expand, project (with its residual) and head 1x1 convs
+    assert ("conv_masked", True) in ran  # the stem, the expand, project (with its residual) and head 1x1 convs
 
 
 @needs_native
@@ -226,7 +238,7 @@ def test_coverage_names_the_native_lowerings_and_their_switches():
     lowering = {e.name: e.lowering for e in sm.coverage().entries}
     assert lowering["dw.0"] == "native depthwise at the changed positions, never dense"
     assert lowering["expand.0"] == "native 1x1 at the changed positions, dense above 90%"
-    assert lowering["stem"] == "gemm"  # a 3x3 conv over the frame: PyTorch's paths
+    assert lowering["stem"] == "native 3x3 at the changed positions, dense above 90%"
 
 
 def test_without_a_compiler_or_switched_off_fxsparse_keeps_the_onednn_path(tmp_path):

@@ -1,6 +1,6 @@
 """Small C kernels that work on the caches and masks in place, compiled on first use with the system's C
-compiler and loaded with ctypes (one library from ``depthwise.c``, ``pointwise.c``, ``masks.c`` and
-``frames.c``; ``vectors.h`` holds their shared vector type and activations).
+compiler and loaded with ctypes (one library from ``depthwise.c``, ``conv.c``, ``masks.c`` and ``frames.c``;
+``vectors.h`` holds their shared vector type and activations).
 
 Note [Native depthwise]: a depthwise conv went through oneDNN on a crop of its changed box: a copy of the
 input crop, the conv into a fresh tensor, a copy of the result back into the cache, and oneDNN's per-call
@@ -14,12 +14,13 @@ changed 0.15-0.22x of the dense op's time, 50% 0.20-0.61x, 100% 0.50-0.93x; the 
 tensor), so a native depthwise conv never switches to dense. Earlier versions chose between the whole box
 and a list of gathered rows; the mask scan needs neither.
 
-Note [Native pointwise]: ``pointwise.c`` does the same for a 1x1 conv: the changed positions of the box, eight
-or four at a time against blocks of 16-64 output channels held in registers (each weight vector loaded once
-for the group, each input value broadcast once), bias, residual and activation before the store, no gather
-and no scatter. Against gather + addmm + scatter (isolated, interleaved): 0.46-0.53x for mobilenet_v2's
-expansions ([16, 96], [24, 144], [32, 192]), 0.60-0.82x for its projections and [96, 576], [576, 96]; up to
-weights of 2^18 elements (window.py: NATIVE_POINTWISE_MAX_WEIGHTS; beyond, MKL's blocked GEMM wins).
+Note [Native conv]: ``conv.c`` does the same for a conv of groups 1 with small weights (1x1 convs, a stem over
+the frame's channels, narrow 3x3 convs): the changed positions of the box, eight or four at a time against
+blocks of 16-64 output channels held in registers (each weight vector loaded once for the group, each input
+value broadcast once), bias, residual and activation before the store, no im2col gather and no scatter. For
+1x1 convs against gather + addmm + scatter (isolated, interleaved): 0.46-0.53x for mobilenet_v2's expansions
+([16, 96], [24, 144], [32, 192]), 0.60-0.82x for its projections and [96, 576], [576, 96]; up to weights of 2^18
+elements (window.py: NATIVE_CONV_MAX_WEIGHTS; beyond, MKL's blocked GEMM wins).
 
 Note [Native mask footprint]: ``masks.c`` writes a window op's change mask (max over each output's window,
 zero outside the image) straight into the output box, instead of crop, pad, shifted-slice maxima and copy
@@ -55,7 +56,7 @@ import threading
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "pointwise.c", "masks.c", "frames.c")]
+_SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "conv.c", "masks.c", "frames.c")]
 _HEADERS = [os.path.join(_HERE, "vectors.h")]  # part of the library's key: a changed header rebuilds it
 _ACTIVATIONS = {None: (0, 0.0, 0.0), ("relu",): (1, 0.0, 0.0), ("hardswish",): (3, 0.0, 0.0)}
 _lock = threading.Lock()
@@ -120,11 +121,11 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     i64, ptr, act = ctypes.c_int64, ctypes.c_void_p, [ctypes.c_int, ctypes.c_float, ctypes.c_float]
     lib.fxsparse_depthwise_masked.argtypes = [ptr] * 5 + [i64] * 19 + act
-    lib.fxsparse_pointwise_masked.argtypes = [ptr] * 6 + [i64] * 10 + act
+    lib.fxsparse_conv_masked.argtypes = [ptr] * 6 + [i64] * 20 + act
     lib.fxsparse_window_max.argtypes = [ptr] * 2 + [i64] * 17 + [ptr]
     lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_float, ptr, ptr]
     lib.fxsparse_input_diff_u8.argtypes = lib.fxsparse_input_diff.argtypes
-    for fn in (lib.fxsparse_depthwise_masked, lib.fxsparse_pointwise_masked,
+    for fn in (lib.fxsparse_depthwise_masked, lib.fxsparse_conv_masked,
                lib.fxsparse_window_max, lib.fxsparse_input_diff, lib.fxsparse_input_diff_u8):
         fn.restype = None
     return lib
@@ -193,24 +194,26 @@ def depthwise_masked(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, b
     return True
 
 
-def pointwise_masked(inp: torch.Tensor, out: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
-                     residual: torch.Tensor | None, mask: torch.Tensor, box, changed: int, act) -> bool:
-    """Recompute a 1x1 conv at the changed positions (``mask > 0``) of ``box`` (y0, y1, x0, x1) of every stream,
-    in place in ``out`` (Note [Native pointwise]): ``act(inp @ weight_t + bias + residual)``. ``inp`` /
-    ``out`` / ``residual``: channels-last rows ``[B * H * W, K]`` / ``[B * H * W, N]``; ``weight_t``: ``[K, N]``;
-    ``mask``: ``[B, 1, H, W]``; ``changed``: about how many positions (it decides on threads). Returns False,
-    touching nothing, where the kernel cannot run it."""
+def conv_masked(inp: torch.Tensor, out: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
+                residual: torch.Tensor | None, mask: torch.Tensor, in_hw, kernel, stride, pad_top_left, dilation, box,
+                changed: int, act) -> bool:
+    """Recompute a conv (groups 1) at the changed positions (output mask ``mask > 0``, ``[B, 1, Ho, Wo]`` float32)
+    of output ``box`` (y0, y1, x0, x1) of every stream, in place in ``out`` (Note [Native conv]):
+    ``act(conv(inp) + bias + residual)``. ``inp`` / ``out`` / ``residual``: channels-last rows
+    ``[B * H * W, Cin]`` / ``[B * Ho * Wo, N]``; ``weight_t``: ``[kh * kw * Cin, N]`` (tap-major, then input
+    channel); ``changed``: about how many positions (it decides on threads). Returns False, touching nothing,
+    where the kernel cannot run it."""
     run = _runnable(inp, out, weight_t, bias, act)
     if run is None or mask.dtype != torch.float32 or not mask.is_contiguous():
         return False
     if residual is not None and (residual.dtype != torch.float32 or not residual.is_contiguous()
                                  or residual.shape != out.shape):
         return False
-    b, _, h, w = mask.shape
-    run[0].fxsparse_pointwise_masked(
+    (h, w), (b, _, ho, wo) = in_hw, mask.shape
+    run[0].fxsparse_conv_masked(
         inp.data_ptr(), out.data_ptr(), weight_t.data_ptr(), None if bias is None else bias.data_ptr(),
-        None if residual is None else residual.data_ptr(), mask.data_ptr(), b, h, w, weight_t.shape[0],
-        weight_t.shape[1], *box, changed, *run[1])
+        None if residual is None else residual.data_ptr(), mask.data_ptr(), b, inp.shape[1], weight_t.shape[1], h, w,
+        ho, wo, *kernel, *stride, *pad_top_left, *dilation, *box, changed, *run[1])
     return True
 
 

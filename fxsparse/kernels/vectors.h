@@ -1,4 +1,4 @@
-/* Vectors and activations shared by the native conv kernels (depthwise.c, pointwise.c).
+/* Vectors and activations shared by the native conv kernels (depthwise.c, conv.c).
  *
  * 16 floats (and 8, for channel counts like 24 or 40) as one vector with GCC / Clang vector extensions:
  * AVX-512 where there is one, else split by the compiler. may_alias and aligned(4) make a cache row's pointer

@@ -177,13 +177,13 @@ def prepare_window(step, ctx):
             cfg["weight_t"] = weight.permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()
             if c_in <= STEM_CHANNELS and k != (1, 1):
                 cfg["box_conv"] = True  # Note [Stems on the box]
-            # Note [Native pointwise]: a 1x1 conv at its changed positions, in place, where the kernel runs it
-            cfg["native_pointwise"] = cfg["identity_taps"] and native.activation_code(step.node.args[7]) is not None \
-                and weight.dtype == torch.float32 and c_in * c_out <= NATIVE_POINTWISE_MAX_WEIGHTS and native.available()
-            if cfg["native_pointwise"]:
-                cfg["label"] = "native 1x1 at the changed positions"
+            # Note [Native conv]: the changed positions in place, where the kernel runs this conv
+            cfg["native_conv"] = native.activation_code(step.node.args[7]) is not None and \
+                weight.dtype == torch.float32 and weight.numel() <= NATIVE_CONV_MAX_WEIGHTS and native.available()
+            if cfg["native_conv"]:
+                cfg["label"] = f"native {k[0]}x{k[1]} at the changed positions"
                 if ctx.dense_switch <= 1.0:
-                    ctx.switches[step.node] = NATIVE_POINTWISE_SWITCH
+                    ctx.switches[step.node] = NATIVE_CONV_SWITCH
             return
         if groups == c_in == c_out:
             cfg["lowering"] = "taps"
@@ -227,8 +227,8 @@ def calibrate_window(step, ctx, probes: tuple[float, float] = (0.02, 0.2), repea
         return ctx.dense_switch
     if step.config.get("native"):  # Note [Native depthwise]: measured once, above; the gathered path is not run
         return 1.0
-    if step.config.get("native_pointwise"):
-        return NATIVE_POINTWISE_SWITCH
+    if step.config.get("native_conv"):
+        return NATIVE_CONV_SWITCH
     out = ctx.cache(step.node)
     b, _, ho, wo = out.shape
     total = ho * wo
@@ -270,6 +270,8 @@ def execute_window(step, ctx, mask):
         return _execute_tiles(step, ctx, mask)
     if cfg.get("native") and _native_depthwise(step, ctx, mask):
         return sum(ctx.stream_counts(step.node)) * mpp
+    if cfg.get("native_conv") and not len(ctx.dense_streams(step.node, ho * wo)) and _native_conv(step, ctx, mask):
+        return sum(ctx.stream_counts(step.node)) * mpp
     if cfg.get("box_conv"):  # Note [Depthwise on the box]: before the dense switch, which it undercuts
         box = _bucketed(ctx.box(step.node), ho, wo)
         area = (box[1] - box[0]) * (box[3] - box[2])
@@ -280,8 +282,6 @@ def execute_window(step, ctx, mask):
         _pointwise_gemm_on_box(step, ctx, (0, 1, 0, 1))  # Note [Vector GEMM]
         return b * mpp
     dense = ctx.dense_streams(step.node, ho * wo)
-    if cfg.get("native_pointwise") and not len(dense) and _native_pointwise(step, ctx, mask):
-        return sum(ctx.stream_counts(step.node)) * mpp
     # bfloat16 GEMMs compile per shape: they keep the gathered, bucketed rows (Note [Shape buckets])
     if cfg["identity_taps"] and cfg["lowering"] == "gemm" and not len(dense) and not needs_buckets(out.buf.dtype):
         box = ctx.box(step.node)
@@ -314,23 +314,24 @@ def _native_depthwise(step, ctx, mask) -> bool:
                                    step.node.args[7])
 
 
-# The native kernel streams a 1x1 conv's whole weight for every eight positions: past ~half the L2 cache
-# (2 MiB per core here) MKL's blocked GEMM wins (isolated, against gather + addmm + scatter: [256, 1024]
-# 0.97x, [1024, 256] 0.85x, [512, 2048] 2.2x, [2048, 512] 3.1x; mobilenet_v2's largest, [960, 160], 0.89x)
-NATIVE_POINTWISE_MAX_WEIGHTS = 1 << 18
+# The native kernel streams a conv's whole weight for every eight positions: past ~half the L2 cache (2 MiB per
+# core here) MKL's blocked GEMM wins (isolated 1x1 convs, against gather + addmm + scatter: [256, 1024] 0.97x,
+# [1024, 256] 0.85x, [512, 2048] 2.2x, [2048, 512] 3.1x; mobilenet_v2's largest, [960, 160], 0.89x)
+NATIVE_CONV_MAX_WEIGHTS = 1 << 18
 # In place at the changed positions it beats oneDNN's dense 1x1 conv (a fresh output tensor) up to ~85-100%
 # changed (isolated, interleaved, random masks: 50% 0.51-0.70x of the dense op's time, 85% 0.71-1.01x, 100%
 # 0.65-1.08x, mobilenet_v2's shapes): such a conv switches to dense above this share
-NATIVE_POINTWISE_SWITCH = 0.9
+NATIVE_CONV_SWITCH = 0.9
 
 
-def _native_pointwise(step, ctx, mask) -> bool:
-    """A 1x1 conv's changed positions computed in place by the native kernel (Note [Native pointwise]);
-    False where it cannot run them."""
+def _native_conv(step, ctx, mask) -> bool:
+    """A conv's changed positions computed in place by the native kernel (Note [Native conv]); False where it
+    cannot run them."""
     inp, out, res = ctx.cache(step.node.args[0]), ctx.cache(step.node), _residual(step)
-    return native.pointwise_masked(inp.buf, out.buf, step.config["weight_t"], step.consts[2],
-                                   None if res is None else ctx.cache(res).buf, mask, ctx.box(step.node),
-                                   sum(ctx.stream_counts(step.node)), step.node.args[7])
+    (kh, kw), s, (pt, _, pl, _), d, _ = _geometry(step)
+    return native.conv_masked(inp.buf, out.buf, step.config["weight_t"], step.consts[2],
+                              None if res is None else ctx.cache(res).buf, mask, inp.shape[2:], (kh, kw), s, (pt, pl),
+                              d, ctx.box(step.node), sum(ctx.stream_counts(step.node)), step.node.args[7])
 
 
 # Note [Pointwise GEMM on the box]: a 1x1 conv whose changed positions fill at least 1/GEMM_BOX_WASTE of

@@ -1,0 +1,141 @@
+/* Note [Native conv]: a conv (groups 1: a 1x1 conv, a stem over the frame's channels, a small 3x3 conv)
+ * recomputed at the changed positions of an output box, found by scanning its change mask there, reading the
+ * input cache and writing the output cache in place (channels-last rows: [B * H * W, Cin] in,
+ * [B * Ho * Wo, N] out), with the bias, a residual (rows like the output's) and the activation applied before
+ * the one store. Built and loaded by fxsparse/kernels/native.py. */
+#include <stdint.h>
+
+#include "vectors.h"
+
+/* One call's conv. w: [KH * KW * Cin, N] (rows in tap-major, then input channel order); bias: [N] or NULL;
+ * res: rows [B * Ho * Wo, N] or NULL. */
+typedef struct {
+    const float *in, *w, *bias, *res;
+    float* out;
+    int64_t Cin, N, H, W, Ho, Wo, KH, KW, sh, sw, pt, pl, dh, dw;
+    int act;
+    float lo, hi;
+} conv_t;
+
+/* The taps k of a window starting at `start` with dilation d that land inside [0, n): k0 <= k < k1. */
+static inline void inside(int64_t start, int64_t d, int64_t k, int64_t n, int64_t* k0, int64_t* k1) {
+    int64_t a = 0, b = k;
+    while (a < b && start + a * d < 0) ++a;
+    while (b > a && start + (b - 1) * d >= n) --b;
+    *k0 = a;
+    *k1 = b;
+}
+
+/* Output channels n0 .. n0 + NB * lanes of P positions sharing their in-image taps (rows ky0..ky1, columns
+ * kx0..kx1): the output rows q[p] and the input index of each window's origin x[p] (may lie outside the
+ * image; only in-image taps are read). P * NB accumulators stay in registers over all taps and input
+ * channels; each weight vector is loaded once for the P positions, each input value broadcast once for the NB
+ * vectors. */
+#define CONV_BLOCK(NAME, P, NB, V, LANES_, ACTIVATE)                                                    \
+    static inline void NAME(const conv_t* g, const int64_t* q, const int64_t* x, int64_t n0, int64_t ky0,  \
+                            int64_t ky1, int64_t kx0, int64_t kx1) {                                    \
+        V acc[P][NB];                                                                                   \
+        for (int p = 0; p < (P); ++p)                                                                   \
+            for (int j = 0; j < (NB); ++j)                                                              \
+                acc[p][j] = g->bias ? *(const V*)(g->bias + n0 + j * (LANES_)) : (V){0};                \
+        for (int64_t ky = ky0; ky < ky1; ++ky)                                                          \
+            for (int64_t kx = kx0; kx < kx1; ++kx) {                                                    \
+                const int64_t off = (ky * g->dh * g->W + kx * g->dw) * g->Cin;                          \
+                const float* wt = g->w + (ky * g->KW + kx) * g->Cin * g->N + n0;                        \
+                for (int64_t c = 0; c < g->Cin; ++c) {                                                  \
+                    V w[NB];                                                                            \
+                    for (int j = 0; j < (NB); ++j) w[j] = *(const V*)(wt + c * g->N + j * (LANES_));     \
+                    for (int p = 0; p < (P); ++p) {                                                     \
+                        const V xb = SPLAT(V, g->in[x[p] + off + c]);                                   \
+                        for (int j = 0; j < (NB); ++j) acc[p][j] += xb * w[j];                          \
+                    }                                                                                   \
+                }                                                                                       \
+            }                                                                                           \
+        for (int p = 0; p < (P); ++p)                                                                   \
+            for (int j = 0; j < (NB); ++j) {                                                            \
+                const int64_t at = q[p] * g->N + n0 + j * (LANES_);                                     \
+                V v = acc[p][j];                                                                        \
+                if (g->res) v += *(const V*)(g->res + at);                                              \
+                *(V*)(g->out + at) = ACTIVATE(v, g->act, g->lo, g->hi);                                 \
+            }                                                                                           \
+    }
+
+CONV_BLOCK(four_64, 4, 4, vf, LANES, activate_vec)
+CONV_BLOCK(four_32, 4, 2, vf, LANES, activate_vec)
+CONV_BLOCK(eight_16, 8, 1, vf, LANES, activate_vec)
+CONV_BLOCK(eight_8, 8, 1, vf8, 8, activate_vec8)
+CONV_BLOCK(one_64, 1, 4, vf, LANES, activate_vec)
+CONV_BLOCK(one_32, 1, 2, vf, LANES, activate_vec)
+CONV_BLOCK(one_16, 1, 1, vf, LANES, activate_vec)
+CONV_BLOCK(one_8, 1, 1, vf8, 8, activate_vec8)
+
+/* Every output channel of the n <= 8 positions (q, x) sharing the taps ky0..ky1 x kx0..kx1: channels in blocks
+ * of 64 and 32 for four positions at a time, of 16 and 8 for eight (eight accumulators or more in flight),
+ * positions left over one by one, the last N % 8 channels one by one. */
+static void positions(const conv_t* g, const int64_t* q, const int64_t* x, int n, int64_t ky0, int64_t ky1,
+                      int64_t kx0, int64_t kx1) {
+    int64_t n0 = 0;
+#define BLOCKS(WIDTH, GROUP, MANY, ONE)                                                                 \
+    for (; n0 + (WIDTH) <= g->N; n0 += (WIDTH)) {                                                       \
+        int p = 0;                                                                                      \
+        for (; p + (GROUP) <= n; p += (GROUP)) MANY(g, q + p, x + p, n0, ky0, ky1, kx0, kx1);           \
+        for (; p < n; ++p) ONE(g, q + p, x + p, n0, ky0, ky1, kx0, kx1);                                \
+    }
+    BLOCKS(64, 4, four_64, one_64)
+    BLOCKS(32, 4, four_32, one_32)
+    BLOCKS(16, 8, eight_16, one_16)
+    BLOCKS(8, 8, eight_8, one_8)
+#undef BLOCKS
+    for (; n0 < g->N; ++n0)
+        for (int p = 0; p < n; ++p) {
+            float acc = g->bias ? g->bias[n0] : 0.f;
+            for (int64_t ky = ky0; ky < ky1; ++ky)
+                for (int64_t kx = kx0; kx < kx1; ++kx) {
+                    const int64_t off = x[p] + (ky * g->dh * g->W + kx * g->dw) * g->Cin;
+                    const float* wt = g->w + (ky * g->KW + kx) * g->Cin * g->N + n0;
+                    for (int64_t c = 0; c < g->Cin; ++c) acc += g->in[off + c] * wt[c * g->N];
+                }
+            if (g->res) acc += g->res[q[p] * g->N + n0];
+            g->out[q[p] * g->N + n0] = activate(acc, g->act, g->lo, g->hi);
+        }
+}
+
+/* The changed positions (mask > 0; mask: [B, 1, Ho, Wo]) of output box [y0, y1) x [x0, x1) of every stream.
+ * Work is split by output rows; in a row, positions whose windows lie inside the image horizontally are
+ * computed eight at a time (any eight of the row: they share their taps), the others one by one. */
+void fxsparse_conv_masked(const float* in, float* out, const float* w, const float* bias, const float* res,
+                          const float* mask, int64_t B, int64_t Cin, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                          int64_t Wo, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                          int64_t dh, int64_t dw, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int64_t changed,
+                          int act, float lo, float hi) {
+    const conv_t g = {in, w, bias, res, out, Cin, N, H, W, Ho, Wo, KH, KW, sh, sw, pt, pl, dh, dw, act, lo, hi};
+    const int64_t rows = y1 - y0, lines = B * rows;
+    /* columns whose windows lie inside the image: [in_lo, in_hi) */
+    const int64_t in_lo = (pl + sw - 1) / sw, last = W - 1 - (KW - 1) * dw + pl;
+    const int64_t in_hi = last < 0 ? 0 : last / sw + 1;
+    #pragma omp parallel for schedule(static) if (changed * KH * KW * Cin * N > 200000)
+    for (int64_t line = 0; line < lines; ++line) {
+        const int64_t b = line / rows, oy = y0 + line % rows, iy = oy * sh - pt;
+        const float* m = mask + (b * Ho + oy) * Wo;
+        int64_t ky0, ky1, q[8], x[8];
+        int n = 0;
+        inside(iy, dh, KH, H, &ky0, &ky1);
+        for (int64_t ox = x0; ox < x1; ++ox) {
+            if (!(m[ox] > 0.f)) continue;
+            const int64_t at = (b * Ho + oy) * Wo + ox, ix = ox * sw - pl, origin = ((b * H + iy) * W + ix) * Cin;
+            if (ox >= in_lo && ox < in_hi) {
+                q[n] = at;
+                x[n++] = origin;
+                if (n == 8) {
+                    positions(&g, q, x, 8, ky0, ky1, 0, KW);
+                    n = 0;
+                }
+            } else {
+                int64_t kx0, kx1;
+                inside(ix, dw, KW, W, &kx0, &kx1);
+                positions(&g, &at, &origin, 1, ky0, ky1, kx0, kx1);
+            }
+        }
+        positions(&g, q, x, n, ky0, ky1, 0, KW);
+    }
+}
