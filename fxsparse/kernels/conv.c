@@ -5,7 +5,7 @@
  * the one store. Built and loaded by fxsparse/kernels/native.py. */
 #include <stdint.h>
 
-#include "vectors.h"
+#include "common.h"
 
 /* One call's conv. w: [KH * KW * Cin, N] (rows in tap-major, then input channel order); bias: [N] or NULL;
  * res: rows [B * Ho * Wo, N] or NULL. */
@@ -16,15 +16,6 @@ typedef struct {
     int act;
     float lo, hi;
 } conv_t;
-
-/* The taps k of a window starting at `start` with dilation d that land inside [0, n): k0 <= k < k1. */
-static inline void inside(int64_t start, int64_t d, int64_t k, int64_t n, int64_t* k0, int64_t* k1) {
-    int64_t a = 0, b = k;
-    while (a < b && start + a * d < 0) ++a;
-    while (b > a && start + (b - 1) * d >= n) --b;
-    *k0 = a;
-    *k1 = b;
-}
 
 /* Output channels n0 .. n0 + NB * lanes of P positions sharing their in-image taps (rows ky0..ky1, columns
  * kx0..kx1): the output rows q[p] and the input index of each window's origin x[p] (may lie outside the
@@ -110,9 +101,8 @@ void fxsparse_conv_masked(const float* in, float* out, const float* w, const flo
                           int act, float lo, float hi) {
     const conv_t g = {in, w, bias, res, out, Cin, N, H, W, Ho, Wo, KH, KW, sh, sw, pt, pl, dh, dw, act, lo, hi};
     const int64_t rows = y1 - y0, lines = B * rows;
-    /* columns whose windows lie inside the image: [in_lo, in_hi) */
-    const int64_t in_lo = (pl + sw - 1) / sw, last = W - 1 - (KW - 1) * dw + pl;
-    const int64_t in_hi = last < 0 ? 0 : last / sw + 1;
+    int64_t in_lo, in_hi;
+    interior(pl, sw, W, KW, dw, &in_lo, &in_hi);
     #pragma omp parallel for schedule(static) if (changed * KH * KW * Cin * N > 200000)
     for (int64_t line = 0; line < lines; ++line) {
         const int64_t b = line / rows, oy = y0 + line % rows, iy = oy * sh - pt;

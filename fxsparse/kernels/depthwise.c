@@ -3,7 +3,7 @@
  * the bias and the activation applied before the one store. Built and loaded by fxsparse/kernels/native.py. */
 #include <stdint.h>
 
-#include "vectors.h"
+#include "common.h"
 
 /* One call's conv: its geometry, weights and activation. */
 typedef struct {
@@ -13,20 +13,10 @@ typedef struct {
     float lo, hi;
 } conv_t;
 
-/* The taps k of a window starting at `start` (stride-scaled output index minus padding) with dilation d
- * that land inside [0, n): k0 <= k < k1. */
-static inline void inside(int64_t start, int64_t d, int64_t k, int64_t n, int64_t* k0, int64_t* k1) {
-    int64_t a = 0, b = k;
-    while (a < b && start + a * d < 0) ++a;
-    while (b > a && start + (b - 1) * d >= n) --b;
-    *k0 = a;
-    *k1 = b;
-}
-
 /* Channels c0 .. c0 + N * 16 of P neighbouring positions (ox, ox + 1, ...; same output row, the same taps
  * inside the image): P * N accumulators stay in registers over all taps and each tap's weights are loaded once
  * for the P positions. Several accumulators are what makes it fast: one alone waits on each multiply-add's
- * latency (32 channels, one position at a time: 25 ns per position; four at a time: see group()). */
+ * latency (32 channels, one position at a time: 25 ns per position; four at a time: 11). */
 #define BLOCK(P, N)                                                                                      \
     for (; c0 + (N) * LANES <= g->C; c0 += (N) * LANES) {                                               \
         vf acc[P][N];                                                                                   \
@@ -49,7 +39,7 @@ static inline void inside(int64_t start, int64_t d, int64_t k, int64_t n, int64_
     }
 
 /* P positions from (oy, ox) along the row, written to o (P consecutive output rows). P > 1 only where every
- * window lies inside the image horizontally (callers check: interior()). */
+ * window lies inside the image horizontally (callers check: interior(), common.h). */
 #define GROUP(NAME, P)                                                                                   \
     static void NAME(const conv_t* g, const float* src, float* o, int64_t oy, int64_t ox) {             \
         const int64_t iy = oy * g->sh - g->pt, ix = ox * g->sw - g->pl, step = g->sw * g->C;             \
@@ -72,13 +62,6 @@ static inline void inside(int64_t start, int64_t d, int64_t k, int64_t n, int64_
 GROUP(one, 1)
 GROUP(four, 4)
 
-/* Output columns [*lo, *hi) whose windows lie inside the image horizontally. */
-static inline void interior(const conv_t* g, int64_t* lo, int64_t* hi) {
-    *lo = (g->pl + g->sw - 1) / g->sw;
-    const int64_t last = g->W - 1 - (g->KW - 1) * g->dw + g->pl;  /* the largest ox * sw allowed */
-    *hi = last < 0 ? 0 : last / g->sw + 1;
-}
-
 /* threads only where the work outweighs waking them (~0.2 M multiply-adds, measured) */
 #define WORTH_THREADS(positions) ((positions) * C * KH * KW > 200000)
 
@@ -95,7 +78,7 @@ void fxsparse_depthwise_masked(const float* in, float* out, const float* taps, c
     const conv_t g = CONV_T;
     const int64_t rows = oy1 - oy0, lines = B * rows;
     int64_t in_lo, in_hi;
-    interior(&g, &in_lo, &in_hi);
+    interior(pl, sw, W, KW, dw, &in_lo, &in_hi);
     #pragma omp parallel for schedule(static) if (WORTH_THREADS(changed))
     for (int64_t line = 0; line < lines; ++line) {
         const int64_t b = line / rows, oy = oy0 + line % rows;

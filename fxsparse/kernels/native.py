@@ -1,6 +1,6 @@
 """Small C kernels that work on the caches and masks in place, compiled on first use with the system's C
 compiler and loaded with ctypes (one library from ``depthwise.c``, ``conv.c``, ``masks.c`` and ``frames.c``;
-``vectors.h`` holds their shared vector type and activations).
+``common.h`` holds what they share: vector types, activations, window bounds).
 
 Note [Native depthwise]: a depthwise conv went through oneDNN on a crop of its changed box: a copy of the
 input crop, the conv into a fresh tensor, a copy of the result back into the cache, and oneDNN's per-call
@@ -57,7 +57,7 @@ import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "conv.c", "masks.c", "frames.c")]
-_HEADERS = [os.path.join(_HERE, "vectors.h")]  # part of the library's key: a changed header rebuilds it
+_HEADERS = [os.path.join(_HERE, "common.h")]  # part of the library's key: a changed header rebuilds it
 _ACTIVATIONS = {None: (0, 0.0, 0.0), ("relu",): (1, 0.0, 0.0), ("hardswish",): (3, 0.0, 0.0)}
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None

@@ -1,11 +1,11 @@
-/* Vectors and activations shared by the native conv kernels (depthwise.c, conv.c).
+/* What the native conv kernels (depthwise.c, conv.c) share: vector types, activations, window bounds.
  *
  * 16 floats (and 8, for channel counts like 24 or 40) as one vector with GCC / Clang vector extensions:
  * AVX-512 where there is one, else split by the compiler. may_alias and aligned(4) make a cache row's pointer
  * a valid unaligned vector load. Written out because gcc left a per-lane activation scalar, storing each lane
  * through the stack (a 32-channel 3x3 depthwise conv: 44 -> 11 ns per position, one thread, measured). */
-#ifndef FXSPARSE_VECTORS_H
-#define FXSPARSE_VECTORS_H
+#ifndef FXSPARSE_COMMON_H
+#define FXSPARSE_COMMON_H
 #include <stdint.h>
 
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_CLAMP = 2, ACT_HARDSWISH = 3 };
@@ -54,5 +54,23 @@ static inline vf splat(float v) { return SPLAT(vf, v); }
 
 ACTIVATE_VECTOR(activate_vec, vf, vi)
 ACTIVATE_VECTOR(activate_vec8, vf8, vi8)
+
+/* The taps k of a window starting at `start` (stride-scaled output index minus padding) with dilation d
+ * that land inside [0, n): k0 <= k < k1. */
+static inline void inside(int64_t start, int64_t d, int64_t k, int64_t n, int64_t* k0, int64_t* k1) {
+    int64_t a = 0, b = k;
+    while (a < b && start + a * d < 0) ++a;
+    while (b > a && start + (b - 1) * d >= n) --b;
+    *k0 = a;
+    *k1 = b;
+}
+
+/* Output columns [*lo, *hi) whose windows (kernel kw, stride sw, left padding pl, dilation dw) lie inside an
+ * image w wide. */
+static inline void interior(int64_t pl, int64_t sw, int64_t w, int64_t kw, int64_t dw, int64_t* lo, int64_t* hi) {
+    *lo = (pl + sw - 1) / sw;
+    const int64_t last = w - 1 - (kw - 1) * dw + pl; /* the largest ox * sw allowed */
+    *hi = last < 0 ? 0 : last / sw + 1;
+}
 
 #endif
