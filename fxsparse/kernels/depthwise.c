@@ -13,50 +13,51 @@ typedef struct {
     float lo, hi;
 } conv_t;
 
-/* Channels c0 .. c0 + N * 16 of P neighbouring positions (ox, ox + 1, ...; same output row, the same taps
- * inside the image): P * N accumulators stay in registers over all taps and each tap's weights are loaded once
+/* Channels c0 .. c0 + N * L (N vectors V of L lanes) of P neighbouring positions (ox, ox + 1, ...; same output
+ * row, the same taps inside the image): P * N accumulators stay in registers over all taps and each tap's weights are loaded once
  * for the P positions. Several accumulators are what makes it fast: one alone waits on each multiply-add's
  * latency (32 channels, one position at a time: 25 ns per position; four at a time: 11). */
-#define BLOCK(P, N)                                                                                      \
-    for (; c0 + (N) * LANES <= g->C; c0 += (N) * LANES) {                                               \
-        vf acc[P][N];                                                                                   \
-        for (int p = 0; p < (P); ++p)                                                                   \
-            for (int j = 0; j < (N); ++j) acc[p][j] = g->bias ? *(const vf*)(g->bias + c0 + j * LANES) : splat(0.f); \
-        for (int64_t ky = ky0; ky < ky1; ++ky) {                                                        \
-            const float* xrow = src + ((iy + ky * g->dh) * g->W + ix) * g->C + c0;                      \
-            for (int64_t kx = kx0; kx < kx1; ++kx) {                                                    \
-                const float* wk = g->taps + (ky * g->KW + kx) * g->C + c0;                              \
-                const float* xk = xrow + kx * g->dw * g->C;                                             \
-                for (int j = 0; j < (N); ++j) {                                                         \
-                    const vf w = *(const vf*)(wk + j * LANES);                                          \
-                    for (int p = 0; p < (P); ++p) acc[p][j] += w * *(const vf*)(xk + p * step + j * LANES); \
-                }                                                                                       \
-            }                                                                                           \
-        }                                                                                               \
-        for (int p = 0; p < (P); ++p)                                                                   \
-            for (int j = 0; j < (N); ++j)                                                               \
-                *(vf*)(o + p * g->C + c0 + j * LANES) = activate_vec(acc[p][j], g->act, g->lo, g->hi);  \
+#define BLOCK(P, N, V, L, ACTIVATE)                                                                         \
+    for (; c0 + (N) * (L) <= g->C; c0 += (N) * (L)) {                                                       \
+        V acc[P][N];                                                                                        \
+        for (int p = 0; p < (P); ++p)                                                                       \
+            for (int j = 0; j < (N); ++j) acc[p][j] = g->bias ? *(const V*)(g->bias + c0 + j * (L)) : (V){0}; \
+        for (int64_t ky = ky0; ky < ky1; ++ky) {                                                            \
+            const float* xrow = src + ((iy + ky * g->dh) * g->W + ix) * g->C + c0;                          \
+            for (int64_t kx = kx0; kx < kx1; ++kx) {                                                        \
+                const float* wk = g->taps + (ky * g->KW + kx) * g->C + c0;                                  \
+                const float* xk = xrow + kx * g->dw * g->C;                                                 \
+                for (int j = 0; j < (N); ++j) {                                                             \
+                    const V w = *(const V*)(wk + j * (L));                                                  \
+                    for (int p = 0; p < (P); ++p) acc[p][j] += w * *(const V*)(xk + p * step + j * (L));    \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int p = 0; p < (P); ++p)                                                                       \
+            for (int j = 0; j < (N); ++j)                                                                   \
+                *(V*)(o + p * g->C + c0 + j * (L)) = ACTIVATE(acc[p][j], g->act, g->lo, g->hi);             \
     }
 
 /* P positions from (oy, ox) along the row, written to o (P consecutive output rows). P > 1 only where every
  * window lies inside the image horizontally (callers check: interior(), common.h). */
-#define GROUP(NAME, P)                                                                                   \
-    static void NAME(const conv_t* g, const float* src, float* o, int64_t oy, int64_t ox) {             \
-        const int64_t iy = oy * g->sh - g->pt, ix = ox * g->sw - g->pl, step = g->sw * g->C;             \
-        int64_t ky0, ky1, kx0, kx1, c0 = 0;                                                              \
-        inside(iy, g->dh, g->KH, g->H, &ky0, &ky1);                                                      \
-        inside(ix, g->dw, g->KW, g->W, &kx0, &kx1);                                                      \
-        BLOCK(P, 2)                                                                                      \
-        BLOCK(P, 1)                                                                                      \
-        for (; c0 < g->C; ++c0) /* the last C % 16 channels, one at a time */                           \
-            for (int p = 0; p < (P); ++p) {                                                              \
-                float acc = g->bias ? g->bias[c0] : 0.f;                                                 \
-                for (int64_t ky = ky0; ky < ky1; ++ky)                                                   \
-                    for (int64_t kx = kx0; kx < kx1; ++kx)                                               \
-                        acc += g->taps[(ky * g->KW + kx) * g->C + c0] *                                  \
-                               src[((iy + ky * g->dh) * g->W + ix + kx * g->dw) * g->C + p * step + c0]; \
-                o[p * g->C + c0] = activate(acc, g->act, g->lo, g->hi);                                  \
-            }                                                                                            \
+#define GROUP(NAME, P)                                                                                      \
+    static void NAME(const conv_t* g, const float* src, float* o, int64_t oy, int64_t ox) {                 \
+        const int64_t iy = oy * g->sh - g->pt, ix = ox * g->sw - g->pl, step = g->sw * g->C;                \
+        int64_t ky0, ky1, kx0, kx1, c0 = 0;                                                                 \
+        inside(iy, g->dh, g->KH, g->H, &ky0, &ky1);                                                         \
+        inside(ix, g->dw, g->KW, g->W, &kx0, &kx1);                                                         \
+        BLOCK(P, 2, vf, LANES, activate_vec)                                                                \
+        BLOCK(P, 1, vf, LANES, activate_vec)                                                                \
+        BLOCK(P, 1, vf8, 8, activate_vec8) /* 72 or 120 channels end in 8: one at a time they cost 3x */    \
+        for (; c0 < g->C; ++c0) /* the last C % 8 channels, one at a time */                                \
+            for (int p = 0; p < (P); ++p) {                                                                 \
+                float acc = g->bias ? g->bias[c0] : 0.f;                                                    \
+                for (int64_t ky = ky0; ky < ky1; ++ky)                                                      \
+                    for (int64_t kx = kx0; kx < kx1; ++kx)                                                  \
+                        acc += g->taps[(ky * g->KW + kx) * g->C + c0] *                                     \
+                               src[((iy + ky * g->dh) * g->W + ix + kx * g->dw) * g->C + p * step + c0];    \
+                o[p * g->C + c0] = activate(acc, g->act, g->lo, g->hi);                                     \
+            }                                                                                               \
     }
 
 GROUP(one, 1)
