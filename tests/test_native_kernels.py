@@ -131,7 +131,7 @@ def test_conv_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     padding, with or without bias, residual and activation, several streams; exactly the changed positions
     inside the box are written."""
     b, h, w = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
-    c, n = data.draw(st.integers(1, 20)), data.draw(st.sampled_from([1, 7, 8, 16, 24, 33, 64, 72, 100]))
+    c, n = data.draw(st.integers(1, 20)), data.draw(st.sampled_from([1, 7, 8, 16, 24, 33, 64, 72, 100, 136]))
     kh, kw = data.draw(st.sampled_from([(1, 1), (3, 3), (1, 3), (5, 2)]))
     sh, sw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
     dh, dw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
@@ -152,8 +152,8 @@ def test_conv_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     box = (y0, data.draw(st.integers(y0 + 1, ho)), x0, data.draw(st.integers(x0 + 1, wo)))
     out = torch.full((b * ho * wo, n), 7.0)
     weight_t = wt.permute(2, 3, 1, 0).reshape(-1, n).contiguous()  # as window.py lays it out
-    assert native.conv_masked(_rows(x), out, weight_t, bias, residual, mask, (h, w), (kh, kw), (sh, sw), (pt, pl),
-                              (dh, dw), box, int(mask.sum()), act)
+    assert native.conv_masked(_rows(x), out, native.conv_panels(weight_t), n, bias, residual, mask, (h, w), (kh, kw),
+                              (sh, sw), (pt, pl), (dh, dw), box, int(mask.sum()), act)
     written = torch.zeros_like(mask, dtype=torch.bool)
     written[:, :, box[0]:box[1], box[2]:box[3]] = mask[:, :, box[0]:box[1], box[2]:box[3]] > 0
     written = written.view(-1)
@@ -161,15 +161,24 @@ def test_conv_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     assert (out[~written] == 7.0).all()
 
 
+def test_conv_panels_hold_each_block_of_64_output_channels_whole():
+    weight_t = torch.arange(3 * 150, dtype=torch.float32).view(3, 150)
+    panels = native.conv_panels(weight_t)
+    assert torch.equal(panels[:192].view(3, 64), weight_t[:, :64])
+    assert torch.equal(panels[192:384].view(3, 64), weight_t[:, 64:128])
+    assert torch.equal(panels[384:].view(3, 22), weight_t[:, 128:])
+
+
 @needs_native
 def test_conv_declines_what_it_cannot_run_untouched():
-    x, wt, mask = torch.randn(20, 8), torch.randn(8, 16), torch.ones(1, 1, 4, 5)
+    x, panels, mask = torch.randn(20, 8), native.conv_panels(torch.randn(8, 16)), torch.ones(1, 1, 4, 5)
     out = torch.zeros(20, 16)
     geometry = ((4, 5), (1, 1), (1, 1), (0, 0), (1, 1), (0, 4, 0, 5), 20)
-    assert not native.conv_masked(x, out, wt, None, None, mask, *geometry, ("sigmoid",))
-    assert not native.conv_masked(x.bfloat16(), out.bfloat16(), wt.bfloat16(), None, None, mask, *geometry, None)
-    assert not native.conv_masked(x, out, wt, None, None, mask.bool(), *geometry, None)
-    assert not native.conv_masked(x, out, wt, None, torch.zeros(20, 8), mask, *geometry, None)  # residual shape
+    assert not native.conv_masked(x, out, panels, 16, None, None, mask, *geometry, ("sigmoid",))
+    assert not native.conv_masked(x.bfloat16(), out.bfloat16(), panels.bfloat16(), 16, None, None, mask, *geometry, None)
+    assert not native.conv_masked(x, out, panels, 16, None, None, mask.bool(), *geometry, None)
+    assert not native.conv_masked(x, out, panels, 16, None, torch.zeros(20, 8), mask, *geometry, None)  # residual shape
+    assert not native.conv_masked(x, out, panels[:-1], 16, None, None, mask, *geometry, None)  # not the weight's size
     assert not out.any()
 
 

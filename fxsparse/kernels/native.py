@@ -17,10 +17,12 @@ and a list of gathered rows; the mask scan needs neither.
 Note [Native conv]: ``conv.c`` does the same for a conv of groups 1 with small weights (1x1 convs, a stem over
 the frame's channels, narrow 3x3 convs): the changed positions of the box, eight or four at a time against
 blocks of 16-64 output channels held in registers (each weight vector loaded once for the group, each input
-value broadcast once), bias, residual and activation before the store, no im2col gather and no scatter. For
-1x1 convs against gather + addmm + scatter (isolated, interleaved): 0.46-0.53x for mobilenet_v2's expansions
-([16, 96], [24, 144], [32, 192]), 0.60-0.82x for its projections and [96, 576], [576, 96]; up to weights of 2^18
-elements (window.py: NATIVE_CONV_MAX_WEIGHTS; beyond, MKL's blocked GEMM wins).
+value broadcast once), bias, residual and activation before the store, no im2col gather and no scatter. The
+weight is laid out once in panels of 64 output channels (:func:`conv_panels`), so a block reads its weights as
+one stream (big weights: [256, 1024] 0.73x, [2048, 512] 0.52x of the time with rows ``N`` apart). For 1x1
+convs against gather + addmm + scatter (isolated, interleaved): 0.46-0.53x for mobilenet_v2's expansions
+([16, 96], [24, 144], [32, 192]), 0.60-0.82x for its projections and [96, 576], [576, 96]; up to weights of
+2^19 elements (window.py: NATIVE_CONV_MAX_WEIGHTS; beyond, MKL's blocked GEMM wins).
 
 Note [Native mask footprint]: ``masks.c`` writes a window op's change mask (max over each output's window,
 zero outside the image) straight into the output box, instead of crop, pad, shifted-slice maxima and copy
@@ -194,16 +196,28 @@ def depthwise_masked(inp: torch.Tensor, out: torch.Tensor, taps: torch.Tensor, b
     return True
 
 
-def conv_masked(inp: torch.Tensor, out: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
+def conv_panels(weight_t: torch.Tensor) -> torch.Tensor:
+    """A conv's weight ``[K, N]`` (``kh * kw * Cin`` rows, tap-major) laid out for :func:`conv_masked`: the columns of
+    every 64 output channels stored whole, one block after another, then the last ``N % 64`` channels' (Note
+    [Native conv]). Made once per layer."""
+    k, n = weight_t.shape
+    full = n // 64 * 64
+    blocks = weight_t[:, :full].reshape(k, full // 64, 64).permute(1, 0, 2).reshape(-1)
+    return torch.cat([blocks, weight_t[:, full:].reshape(-1)]).contiguous()
+
+
+def conv_masked(inp: torch.Tensor, out: torch.Tensor, panels: torch.Tensor, n_out: int, bias: torch.Tensor | None,
                 residual: torch.Tensor | None, mask: torch.Tensor, in_hw, kernel, stride, pad_top_left, dilation, box,
                 changed: int, act) -> bool:
     """Recompute a conv (groups 1) at the changed positions (output mask ``mask > 0``, ``[B, 1, Ho, Wo]`` float32)
     of output ``box`` (y0, y1, x0, x1) of every stream, in place in ``out`` (Note [Native conv]):
     ``act(conv(inp) + bias + residual)``. ``inp`` / ``out`` / ``residual``: channels-last rows
-    ``[B * H * W, Cin]`` / ``[B * Ho * Wo, N]``; ``weight_t``: ``[kh * kw * Cin, N]`` (tap-major, then input
-    channel); ``changed``: about how many positions (it decides on threads). Returns False, touching nothing,
-    where the kernel cannot run it."""
-    run = _runnable(inp, out, weight_t, bias, act)
+    ``[B * H * W, Cin]`` / ``[B * Ho * Wo, n_out]``; ``panels``: :func:`conv_panels` of the weight
+    ``[kh * kw * Cin, n_out]`` (tap-major, then input channel); ``changed``: about how many positions (it
+    decides on threads). Returns False, touching nothing, where the kernel cannot run it."""
+    run = _runnable(inp, out, panels, bias, act)
+    if panels.numel() != kernel[0] * kernel[1] * inp.shape[1] * n_out or out.shape[1] != n_out:
+        return False
     if run is None or mask.dtype != torch.float32 or not mask.is_contiguous():
         return False
     if residual is not None and (residual.dtype != torch.float32 or not residual.is_contiguous()
@@ -211,8 +225,8 @@ def conv_masked(inp: torch.Tensor, out: torch.Tensor, weight_t: torch.Tensor, bi
         return False
     (h, w), (b, _, ho, wo) = in_hw, mask.shape
     run[0].fxsparse_conv_masked(
-        inp.data_ptr(), out.data_ptr(), weight_t.data_ptr(), None if bias is None else bias.data_ptr(),
-        None if residual is None else residual.data_ptr(), mask.data_ptr(), b, inp.shape[1], weight_t.shape[1], h, w,
+        inp.data_ptr(), out.data_ptr(), panels.data_ptr(), None if bias is None else bias.data_ptr(),
+        None if residual is None else residual.data_ptr(), mask.data_ptr(), b, inp.shape[1], n_out, h, w,
         ho, wo, *kernel, *stride, *pad_top_left, *dilation, *box, changed, *run[1])
     return True
 

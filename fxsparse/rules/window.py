@@ -181,6 +181,7 @@ def prepare_window(step, ctx):
             cfg["native_conv"] = native.activation_code(step.node.args[7]) is not None and \
                 weight.dtype == torch.float32 and weight.numel() <= NATIVE_CONV_MAX_WEIGHTS and native.available()
             if cfg["native_conv"]:
+                cfg["conv_panels"] = native.conv_panels(cfg["weight_t"])
                 cfg["label"] = f"native {k[0]}x{k[1]} at the changed positions"
                 if ctx.dense_switch <= 1.0:
                     ctx.switches[step.node] = NATIVE_CONV_SWITCH
@@ -314,10 +315,12 @@ def _native_depthwise(step, ctx, mask) -> bool:
                                    step.node.args[7])
 
 
-# The native kernel streams a conv's whole weight for every eight positions: past ~half the L2 cache (2 MiB per
-# core here) MKL's blocked GEMM wins (isolated 1x1 convs, against gather + addmm + scatter: [256, 1024] 0.97x,
-# [1024, 256] 0.85x, [512, 2048] 2.2x, [2048, 512] 3.1x; mobilenet_v2's largest, [960, 160], 0.89x)
-NATIVE_CONV_MAX_WEIGHTS = 1 << 18
+# The native kernel reads a conv's whole weight for every eight positions (as panels of 64 output channels:
+# native.conv_panels); past a few MiB of weights MKL's blocked GEMM wins (isolated 1x1 convs against gather +
+# addmm + scatter: [960, 320] 0.98x, [1024, 256] 0.99x, [256, 1024] 0.91x, [320, 1280] 1.14x; [2048, 512]
+# 1.68x, [512, 2048] 1.47x, [2304, 256] 1.49x). In the models 2^19 paid over 2^18 (mobilenet_v2's two
+# largest 1x1 convs: 1% 0.905, 5% 0.929; resnet50 5% 0.950) and 2^20 did not (resnet50 5% 0.990)
+NATIVE_CONV_MAX_WEIGHTS = 1 << 19
 # In place at the changed positions it beats oneDNN's dense 1x1 conv (a fresh output tensor) up to ~85-100%
 # changed (isolated, interleaved, random masks: 50% 0.51-0.70x of the dense op's time, 85% 0.71-1.01x, 100%
 # 0.65-1.08x, mobilenet_v2's shapes): such a conv switches to dense above this share
@@ -329,7 +332,7 @@ def _native_conv(step, ctx, mask) -> bool:
     cannot run them."""
     inp, out, res = ctx.cache(step.node.args[0]), ctx.cache(step.node), _residual(step)
     (kh, kw), s, (pt, _, pl, _), d, _ = _geometry(step)
-    return native.conv_masked(inp.buf, out.buf, step.config["weight_t"], step.consts[2],
+    return native.conv_masked(inp.buf, out.buf, step.config["conv_panels"], out.shape[1], step.consts[2],
                               None if res is None else ctx.cache(res).buf, mask, inp.shape[2:], (kh, kw), s, (pt, pl),
                               d, ctx.box(step.node), sum(ctx.stream_counts(step.node)), step.node.args[7])
 
