@@ -161,6 +161,33 @@ def test_conv_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     assert (out[~written] == 7.0).all()
 
 
+@needs_native
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_and_depthwise_on_their_threads_equal_pytorchs_conv(kernel):
+    """Enough work (above ~0.2 M multiply-adds) that the kernels split the box's rows among OpenMP threads;
+    two streams, a residual, half the positions changed."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 64, 40, 48, generator=g)
+    mask = (torch.rand(2, 1, 40, 48, generator=g) < 0.5).float()
+    changed = mask.view(-1) > 0
+    wt, bias = torch.randn(96, 64, kernel, kernel, generator=g), torch.randn(96, generator=g)
+    residual = torch.randn(2 * 40 * 48, 96, generator=g)
+    expected = ops.apply_activation(_rows(F.conv2d(x, wt, bias, 1, kernel // 2)) + residual, ("relu",))
+    out = torch.full_like(expected, 7.0)
+    panels = native.conv_panels(wt.permute(2, 3, 1, 0).reshape(-1, 96).contiguous())
+    assert native.conv_masked(_rows(x), out, panels, 96, bias, residual, mask, (40, 48), (kernel, kernel), (1, 1),
+                              (kernel // 2, kernel // 2), (1, 1), (0, 40, 0, 48), int(mask.sum()), ("relu",))
+    torch.testing.assert_close(out[changed], expected[changed], rtol=1e-4, atol=1e-4)
+    assert (out[~changed] == 7.0).all()
+    dw = torch.randn(64, 1, 3, 3, generator=g)
+    expected = _rows(F.conv2d(x, dw, None, 1, 1, 1, 64))
+    out = torch.full_like(expected, 7.0)
+    assert native.depthwise_masked(_rows(x), out, dw.flatten(1).t().contiguous(), None, mask, (40, 48), (3, 3), (1, 1),
+                                   (1, 1), (1, 1), (0, 40, 0, 48), int(mask.sum()), None)
+    torch.testing.assert_close(out[changed], expected[changed], rtol=1e-5, atol=1e-5)
+    assert (out[~changed] == 7.0).all()
+
+
 def test_conv_panels_hold_each_block_of_64_output_channels_whole():
     weight_t = torch.arange(3 * 150, dtype=torch.float32).view(3, 150)
     panels = native.conv_panels(weight_t)
