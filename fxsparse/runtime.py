@@ -492,9 +492,13 @@ class Engine:
         return mask
 
     def _bitwise_equal(self, x: torch.Tensor) -> bool:
-        """Is ``x`` bit for bit the reference frame? (0.4 ms for a 576x768 frame as int64 words, against
-        0.7 ms for the difference and its reduction.)"""
+        """Is ``x`` bit for bit the reference frame? Natively on both cores where it can (0.31 ms for a 576x768
+        float32 frame with the reference out of cache), else ``torch.equal`` on int64 words (0.56 ms; 0.7 ms for
+        the difference and its reduction)."""
         ref = self._ref_frame
+        same = native.frames_equal(x, ref)
+        if same is not None:
+            return same
         if not (x.is_contiguous() and ref.is_contiguous() and x.dtype == ref.dtype) or x.numel() * x.element_size() % 8:
             return torch.equal(x, ref)
         return torch.equal(x.view(-1).view(torch.int64), ref.view(-1).view(torch.int64))

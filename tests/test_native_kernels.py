@@ -371,6 +371,20 @@ def test_frames_alternating_changed_and_unchanged_equal_dense():
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_frames_equal_finds_one_changed_byte_anywhere(dtype):
+    ref = (torch.rand(2, 3, 200, 300) * 255).to(dtype)  # 1.4 MB as float32: several chunks
+    assert native.frames_equal(ref.clone(), ref)
+    for at in (0, ref.numel() // 2, ref.numel() - 1):
+        x = ref.clone()
+        x.view(-1)[at] += 1
+        assert native.frames_equal(x, ref) is False
+    assert native.frames_equal(ref.t() if ref.dim() == 2 else ref.transpose(2, 3), ref) is None  # not the same layout
+    neg_zero = torch.zeros(4) * -1.0  # -0.0 == 0.0, but not the same bits: exact mode recomputes
+    assert dtype != torch.float32 or native.frames_equal(neg_zero, torch.zeros(4)) is False
+
+
+@needs_native
 @pytest.mark.parametrize("threshold", [0.0, 5.0])
 def test_uint8_input_difference_is_max_minus_min(threshold):
     g = torch.Generator().manual_seed(4)

