@@ -605,6 +605,8 @@ class Engine:
                 self._ref_frame.copy_(x)
             ref.write_streams(None, self._ref_frame)
         elif (box := self.box(node)) is not None:  # update inside the changed box only, both copies
+            if native.update_reference(x, self._ref_frame, ref.buf, mask, box):
+                return  # Note [Native input difference]: only the changed pixels
             y0, y1, x0, x1 = box
             region = self._ref_frame[:, :, y0:y1, x0:x1]
             region.copy_(torch.where(mask[:, :, y0:y1, x0:x1] > 0, x[:, :, y0:y1, x0:x1], region))

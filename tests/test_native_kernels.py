@@ -371,6 +371,23 @@ def test_frames_alternating_changed_and_unchanged_equal_dense():
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+def test_reference_update_copies_the_masked_pixels_in_the_box_into_both_copies(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(2, 3, 20, 30, generator=g) * 255).to(dtype)
+    ref = (torch.rand(2, 3, 20, 30, generator=g) * 255).to(dtype)
+    rows = _rows(ref)
+    mask = (torch.rand(2, 1, 20, 30, generator=g) < 0.3).float()
+    box = (2, 17, 5, 26)
+    inside = torch.zeros_like(mask, dtype=torch.bool)
+    inside[:, :, 2:17, 5:26] = True
+    expected = torch.where((mask > 0) & inside, x, ref)
+    assert native.update_reference(x, ref, rows, mask, box)
+    assert torch.equal(ref, expected) and torch.equal(rows, _rows(expected))
+    assert not native.update_reference(x.transpose(2, 3), ref, rows, mask, box)  # not the reference's layout
+
+
+@needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_frames_equal_finds_one_changed_byte_anywhere(dtype):
     ref = (torch.rand(2, 3, 200, 300) * 255).to(dtype)  # 1.4 MB as float32: several chunks

@@ -128,6 +128,9 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     lib.fxsparse_window_max.argtypes = [ptr] * 2 + [i64] * 17 + [ptr]
     lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_float, ptr, ptr]
     lib.fxsparse_input_diff_u8.argtypes = lib.fxsparse_input_diff.argtypes
+    for size in (1, 2, 4):
+        getattr(lib, f"fxsparse_update_reference_{size}").argtypes = [ptr] * 4 + [i64] * 8
+        getattr(lib, f"fxsparse_update_reference_{size}").restype = None
     lib.fxsparse_bytes_equal.argtypes = [ptr, ptr, i64]
     lib.fxsparse_bytes_equal.restype = ctypes.c_int
     for fn in (lib.fxsparse_depthwise_masked, lib.fxsparse_conv_masked,
@@ -259,6 +262,25 @@ def frames_equal(x: torch.Tensor, ref: torch.Tensor) -> bool | None:
     if lib is None:
         return None
     return bool(lib.fxsparse_bytes_equal(x.data_ptr(), ref.data_ptr(), x.numel() * x.element_size()))
+
+
+def update_reference(x: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, box) -> bool:
+    """Copy ``x``'s pixels where ``mask`` (``[B, 1, H, W]`` float32) is set inside ``box`` (y0, y1, x0, x1) into
+    ``ref`` (NCHW, like ``x``) and ``rows`` (channels-last ``[B * H * W, C]``), in place (Note [Native input
+    difference]). False, touching nothing, where it cannot."""
+    if not (x.dtype == ref.dtype == rows.dtype and x.shape == ref.shape and x.element_size() in (1, 2, 4)):
+        return False
+    if not all(t.is_contiguous() for t in (x, ref, rows, mask)) or mask.dtype != torch.float32:
+        return False
+    b, c, h, w = x.shape
+    if rows.shape != (b * h * w, c) or mask.shape != (b, 1, h, w):
+        return False
+    lib = _library()
+    if lib is None:
+        return False
+    getattr(lib, f"fxsparse_update_reference_{x.element_size()}")(
+        x.data_ptr(), ref.data_ptr(), rows.data_ptr(), mask.data_ptr(), b, c, h, w, *box)
+    return True
 
 
 def input_difference(x: torch.Tensor, ref: torch.Tensor,

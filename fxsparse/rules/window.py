@@ -271,7 +271,8 @@ def execute_window(step, ctx, mask):
         return _execute_tiles(step, ctx, mask)
     if cfg.get("native") and _native_depthwise(step, ctx, mask):
         return sum(ctx.stream_counts(step.node)) * mpp
-    if cfg.get("native_conv") and not len(ctx.dense_streams(step.node, ho * wo)) and _native_conv(step, ctx, mask):
+    # with several streams, those above the switch run natively too (their own dense op would split the call)
+    if cfg.get("native_conv") and len(ctx.dense_streams(step.node, ho * wo)) < b and _native_conv(step, ctx, mask):
         return sum(ctx.stream_counts(step.node)) * mpp
     if cfg.get("box_conv"):  # Note [Depthwise on the box]: before the dense switch, which it undercuts
         box = _bucketed(ctx.box(step.node), ho, wo)
