@@ -73,4 +73,8 @@ static inline void interior(int64_t pl, int64_t sw, int64_t w, int64_t kw, int64
     *hi = last < 0 ? 0 : last / sw + 1;
 }
 
+/* Do the changes fill under a quarter of the box (lines x width)? The kernels then hand its rows to the threads
+ * in turn instead of in contiguous halves (depthwise.c). */
+#define SCATTERED(changed, lines, width) ((changed) * 4 < (lines) * (width))
+
 #endif

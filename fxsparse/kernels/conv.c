@@ -105,9 +105,38 @@ static void positions(const conv_t* g, const int64_t* q, const int64_t* x, int n
         }
 }
 
-/* The changed positions (mask > 0; mask: [B, 1, Ho, Wo]) of output box [y0, y1) x [x0, x1) of every stream.
- * Work is split by output rows; in a row, positions whose windows lie inside the image horizontally are
- * computed eight at a time (any eight of the row: they share their taps), the others one by one. */
+/* Output row oy of stream b: its changed positions in [x0, x1); those whose windows lie inside the image
+ * horizontally eight at a time (any eight of the row: they share their taps), the others one by one. */
+static inline void masked_line(const conv_t* g, const float* mask, int64_t b, int64_t oy, int64_t x0, int64_t x1,
+                               int64_t in_lo, int64_t in_hi) {
+    const int64_t iy = oy * g->sh - g->pt;
+    const float* m = mask + (b * g->Ho + oy) * g->Wo;
+    int64_t ky0, ky1, q[8], x[8];
+    int n = 0;
+    inside(iy, g->dh, g->KH, g->H, &ky0, &ky1);
+    for (int64_t ox = x0; ox < x1; ++ox) {
+        if (!(m[ox] > 0.f)) continue;
+        const int64_t at = (b * g->Ho + oy) * g->Wo + ox, ix = ox * g->sw - g->pl;
+        const int64_t origin = ((b * g->H + iy) * g->W + ix) * g->Cin;
+        if (ox >= in_lo && ox < in_hi) {
+            q[n] = at;
+            x[n++] = origin;
+            if (n == 8) {
+                positions(g, q, x, 8, ky0, ky1, 0, g->KW);
+                n = 0;
+            }
+        } else {
+            int64_t kx0, kx1;
+            inside(ix, g->dw, g->KW, g->W, &kx0, &kx1);
+            positions(g, &at, &origin, 1, ky0, ky1, kx0, kx1);
+        }
+    }
+    positions(g, q, x, n, ky0, ky1, 0, g->KW);
+}
+
+/* The changed positions (mask > 0; mask: [B, 1, Ho, Wo]) of output box [y0, y1) x [x0, x1) of every stream, row
+ * by row; threads take contiguous halves of the rows, or rows in turn where the changes are scattered
+ * (SCATTERED, common.h). */
 void fxsparse_conv_masked(const float* in, float* out, const float* w, const float* bias, const float* res,
                           const float* mask, int64_t B, int64_t Cin, int64_t N, int64_t H, int64_t W, int64_t Ho,
                           int64_t Wo, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
@@ -115,31 +144,16 @@ void fxsparse_conv_masked(const float* in, float* out, const float* w, const flo
                           int act, float lo, float hi) {
     const conv_t g = {in, w, bias, res, out, Cin, N, H, W, Ho, Wo, KH, KW, sh, sw, pt, pl, dh, dw, act, lo, hi};
     const int64_t rows = y1 - y0, lines = B * rows;
+    const int threads = changed * KH * KW * Cin * N > 200000;  /* worth waking them */
     int64_t in_lo, in_hi;
     interior(pl, sw, W, KW, dw, &in_lo, &in_hi);
-    #pragma omp parallel for schedule(static) if (changed * KH * KW * Cin * N > 200000)
-    for (int64_t line = 0; line < lines; ++line) {
-        const int64_t b = line / rows, oy = y0 + line % rows, iy = oy * sh - pt;
-        const float* m = mask + (b * Ho + oy) * Wo;
-        int64_t ky0, ky1, q[8], x[8];
-        int n = 0;
-        inside(iy, dh, KH, H, &ky0, &ky1);
-        for (int64_t ox = x0; ox < x1; ++ox) {
-            if (!(m[ox] > 0.f)) continue;
-            const int64_t at = (b * Ho + oy) * Wo + ox, ix = ox * sw - pl, origin = ((b * H + iy) * W + ix) * Cin;
-            if (ox >= in_lo && ox < in_hi) {
-                q[n] = at;
-                x[n++] = origin;
-                if (n == 8) {
-                    positions(&g, q, x, 8, ky0, ky1, 0, KW);
-                    n = 0;
-                }
-            } else {
-                int64_t kx0, kx1;
-                inside(ix, dw, KW, W, &kx0, &kx1);
-                positions(&g, &at, &origin, 1, ky0, ky1, kx0, kx1);
-            }
-        }
-        positions(&g, q, x, n, ky0, ky1, 0, KW);
+    if (SCATTERED(changed, lines, x1 - x0)) {
+        #pragma omp parallel for schedule(static, 1) if (threads)
+        for (int64_t line = 0; line < lines; ++line)
+            masked_line(&g, mask, line / rows, y0 + line % rows, x0, x1, in_lo, in_hi);
+    } else {
+        #pragma omp parallel for schedule(static) if (threads)
+        for (int64_t line = 0; line < lines; ++line)
+            masked_line(&g, mask, line / rows, y0 + line % rows, x0, x1, in_lo, in_hi);
     }
 }
