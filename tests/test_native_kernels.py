@@ -41,6 +41,31 @@ def _case(c, k, stride, dilation, bias, seed=0):
     return x, w, b, pad
 
 
+def _draw_geometry(data, h, w, kh, kw):
+    """Strides, dilations, asymmetric padding (top, bottom, left, right) and the output size (may be empty)."""
+    sh, sw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    dh, dw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    pt, pb = data.draw(st.integers(0, dh * (kh - 1))), data.draw(st.integers(0, dh * (kh - 1)))
+    pl, pr = data.draw(st.integers(0, dw * (kw - 1))), data.draw(st.integers(0, dw * (kw - 1)))
+    ho, wo = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return (sh, sw), (dh, dw), (pt, pb, pl, pr), (ho, wo)
+
+
+def _draw_box(data, ho, wo):
+    y0, x0 = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
+    return y0, data.draw(st.integers(y0 + 1, ho)), x0, data.draw(st.integers(x0 + 1, wo))
+
+
+def _assert_written_exactly_there(out, expected, mask, box):
+    """``out`` (rows, filled with 7 before) equals ``expected`` at the changed positions inside ``box``, and
+    nothing else was written."""
+    written = torch.zeros_like(mask, dtype=torch.bool)
+    written[:, :, box[0]:box[1], box[2]:box[3]] = mask[:, :, box[0]:box[1], box[2]:box[3]] > 0
+    written = written.view(-1)
+    torch.testing.assert_close(out[written], expected[written], rtol=1e-5, atol=1e-5)
+    assert (out[~written] == 7.0).all()
+
+
 @needs_native
 @pytest.mark.parametrize("c", [1, 16, 24, 64, 100])  # the kernel's channel blocks: 32, 16, then one by one
 @pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2)])
@@ -94,11 +119,7 @@ def test_depthwise_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     b, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 50))
     h, w = data.draw(st.integers(1, 14)), data.draw(st.integers(1, 14))
     kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
-    sh, sw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
-    dh, dw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
-    pt, pb = data.draw(st.integers(0, dh * (kh - 1))), data.draw(st.integers(0, dh * (kh - 1)))
-    pl, pr = data.draw(st.integers(0, dw * (kw - 1))), data.draw(st.integers(0, dw * (kw - 1)))
-    ho, wo = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    (sh, sw), (dh, dw), (pt, pb, pl, pr), (ho, wo) = _draw_geometry(data, h, w, kh, kw)
     if ho < 1 or wo < 1:
         return
     act = data.draw(st.sampled_from(ACTS))
@@ -111,16 +132,11 @@ def test_depthwise_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     for start in data.draw(st.lists(st.integers(0, b * ho * wo - 1), min_size=1, max_size=6)):
         mask[start:start + data.draw(st.integers(1, 9))] = 1.0
     mask = mask.view(b, 1, ho, wo)
-    oy0, ox0 = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
-    box = (oy0, data.draw(st.integers(oy0 + 1, ho)), ox0, data.draw(st.integers(ox0 + 1, wo)))
+    box = _draw_box(data, ho, wo)
     out = torch.full_like(expected, 7.0)
     assert native.depthwise_masked(_rows(x), out, wt.flatten(1).t().contiguous(), bias, mask, (h, w), (kh, kw),
                                    (sh, sw), (pt, pl), (dh, dw), box, int(mask.sum()), act)
-    written = torch.zeros_like(mask, dtype=torch.bool)
-    written[:, :, box[0]:box[1], box[2]:box[3]] = mask[:, :, box[0]:box[1], box[2]:box[3]] > 0
-    written = written.view(-1)
-    torch.testing.assert_close(out[written], expected[written], rtol=1e-5, atol=1e-5)
-    assert (out[~written] == 7.0).all()
+    _assert_written_exactly_there(out, expected, mask, box)
 
 
 @needs_native
@@ -133,11 +149,7 @@ def test_conv_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     b, h, w = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
     c, n = data.draw(st.integers(1, 20)), data.draw(st.sampled_from([1, 7, 8, 16, 24, 33, 64, 72, 100, 136]))
     kh, kw = data.draw(st.sampled_from([(1, 1), (3, 3), (1, 3), (5, 2)]))
-    sh, sw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
-    dh, dw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
-    pt, pb = data.draw(st.integers(0, dh * (kh - 1))), data.draw(st.integers(0, dh * (kh - 1)))
-    pl, pr = data.draw(st.integers(0, dw * (kw - 1))), data.draw(st.integers(0, dw * (kw - 1)))
-    ho, wo = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    (sh, sw), (dh, dw), (pt, pb, pl, pr), (ho, wo) = _draw_geometry(data, h, w, kh, kw)
     if ho < 1 or wo < 1:
         return
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
@@ -148,17 +160,12 @@ def test_conv_equals_pytorchs_conv_at_the_masks_positions_in_the_box(data):
     expected = _rows(F.conv2d(F.pad(x, (pl, pr, pt, pb)), wt, bias, (sh, sw), 0, (dh, dw)))
     expected = ops.apply_activation(expected + (0 if residual is None else residual), act)
     mask = (torch.rand(b, 1, ho, wo, generator=g) < data.draw(st.sampled_from([0.1, 0.5, 1.0]))).float()
-    y0, x0 = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
-    box = (y0, data.draw(st.integers(y0 + 1, ho)), x0, data.draw(st.integers(x0 + 1, wo)))
+    box = _draw_box(data, ho, wo)
     out = torch.full((b * ho * wo, n), 7.0)
     weight_t = wt.permute(2, 3, 1, 0).reshape(-1, n).contiguous()  # as window.py lays it out
     assert native.conv_masked(_rows(x), out, native.conv_panels(weight_t), n, bias, residual, mask, (h, w), (kh, kw),
                               (sh, sw), (pt, pl), (dh, dw), box, int(mask.sum()), act)
-    written = torch.zeros_like(mask, dtype=torch.bool)
-    written[:, :, box[0]:box[1], box[2]:box[3]] = mask[:, :, box[0]:box[1], box[2]:box[3]] > 0
-    written = written.view(-1)
-    torch.testing.assert_close(out[written], expected[written], rtol=1e-5, atol=1e-5)
-    assert (out[~written] == 7.0).all()
+    _assert_written_exactly_there(out, expected, mask, box)
 
 
 @needs_native
