@@ -5,6 +5,7 @@
     python benchmarks/ab_compare.py --base-commit HEAD~1 --model lraspp_mobilenet_v3_large --full
     python benchmarks/ab_compare.py --base-commit HEAD~1 --model lraspp_mobilenet_v3_large --unchanged
     python benchmarks/ab_compare.py --base-commit HEAD~1 --model mobilenet_v2 --scene cdnet --input-threshold 16
+    python benchmarks/ab_compare.py --base-commit HEAD~1 --model mobilenet_v2 --scene cdnet --input-threshold 16 --clean-up
 
 The package at ``--base-commit`` is extracted (``git archive``) into a temporary folder and imported as
 ``fxsparse_base`` (the package imports itself only relatively); the working tree's ``fxsparse`` is the
@@ -97,6 +98,7 @@ def main(argv=None):
     p.add_argument("--fuse-chains", action="store_true", help="both sides with transform(fuse_chains=True)")
     p.add_argument("--scene", choices=["synthetic", "cdnet"], default="synthetic")
     p.add_argument("--input-threshold", type=float, default=0.0, help="on the 0-255 scale, e.g. 16")
+    p.add_argument("--clean-up", action="store_true", help="input_open=1, input_min_area=30, input_dilate=2")
     p.add_argument("--uint8", action="store_true",
                    help="uint8 frames into nn.Sequential(fxsparse.PixelNormalize(), model) (Note [Integer frames])")
     args = p.parse_args(argv)
@@ -118,6 +120,8 @@ def main(argv=None):
     options = {"fuse_chains": True} if args.fuse_chains else {}
     if args.input_threshold:  # uint8 frames: in pixel units
         options["input_threshold"] = args.input_threshold if args.uint8 else args.input_threshold / 255
+    if args.clean_up:
+        options.update(input_open=1, input_min_area=30, input_dilate=2)
     old, new = base.transform(model, **options), fxsparse.transform(model, **options)
     t_old, t_new = [], []
     with torch.inference_mode():
@@ -137,6 +141,7 @@ def main(argv=None):
         scene = f"CDnet highway {args.size}, input threshold {args.input_threshold:g}/255"
     scene += ", every frame fully changed" if args.full else ""
     scene += ", every frame unchanged" if args.unchanged else ""
+    scene += ", clean-up" if args.clean_up else ""
     scene += ", fuse_chains" if args.fuse_chains else ""
     scene += ", uint8 frames" if args.uint8 else ""
     print(f"{args.model} {scene}: old {a:.2f} ms  new {b:.2f} ms  new/old {b / a:.3f}  "

@@ -451,7 +451,7 @@ class Engine:
                    policy=None, last_unchanged: bool = True) -> torch.Tensor | None:
         """Changed pixels: ``max_c |x - reference| > threshold`` (None when none changed). Reads state,
         changes nothing but :attr:`input_counts` (the mask's changed pixels per stream, when the one-pass
-        difference counted them). ``last_unchanged``: the previous frame changed nothing, so this one is
+        difference or the native clean-up counted them). ``last_unchanged``: the previous frame changed nothing, so this one is
         tested bit for bit first (exact mode).
 
         Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
@@ -484,9 +484,11 @@ class Engine:
         if mask is None:  # float32 0/1 in one pass, whatever the compute dtype: every mask is float32 (Note [Change rules])
             mask = torch.gt(diff, threshold, out=torch.empty(diff.shape))
         if policy is not None and policy.active:
-            mask = policy.apply(mask)
-            if not full and not bool(mask.any()):
+            mask, counts = policy.clean(mask)
+            if not full and not (any(counts) if counts is not None else bool(mask.any())):
                 return None
+            if not full and counts is not None:
+                self.input_counts = (mask, counts)
         if full:
             mask[full_streams] = 1.0
         return mask

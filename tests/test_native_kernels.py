@@ -436,3 +436,69 @@ def test_counted_footprints_are_the_masks_counts():
             mask = engine.masks.get(step.node)
             if isinstance(mask, torch.Tensor) and mask.dim() == 4 and step.node in engine._counts:
                 assert engine._counts[step.node] == mask.flatten(1).sum(1).int().tolist(), step.name
+
+
+def _clean_both(mask, open_radius, min_area, dilate):
+    from fxsparse.input_policy import InputPolicy
+
+    expected = InputPolicy(open=open_radius, min_area=min_area, dilate=dilate).apply_torch(mask)
+    got, counts = native.clean_mask(mask, open_radius, min_area, dilate)
+    return got, counts, expected
+
+
+@needs_native
+@given(st.data())
+def test_native_clean_up_is_the_pytorch_and_scipy_clean_up(data):
+    """Note [Native mask clean-up]: opening, minimum blob area (8-connected) and dilation equal the PyTorch /
+    scipy path bit for bit, on masks from empty to full, with radii larger than the frame; counts are the
+    cleaned mask's."""
+    b, h, w = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40))
+    density = data.draw(st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    mask = (torch.rand(b, 1, h, w, generator=g) < density).float()
+    for _ in range(data.draw(st.integers(0, 3))):  # blobs among the specks
+        s, y, x = data.draw(st.integers(0, b - 1)), data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))
+        mask[s, 0, y : y + data.draw(st.integers(1, 12)), x : x + data.draw(st.integers(1, 12))] = 1
+    open_radius, dilate = data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))
+    min_area = data.draw(st.sampled_from([0, 1, 2, 5, 30, 10_000]))
+    got, counts, expected = _clean_both(mask, open_radius, min_area, dilate)
+    assert torch.equal(got, expected)
+    assert counts == expected.flatten(1).sum(1).int().tolist()
+
+
+@needs_native
+def test_native_blob_sizes_join_runs_at_corners_and_across_many_runs():
+    """Blobs whose rows meet only diagonally are one blob (8-connectivity); a checkerboard (the most runs a
+    mask can have) is one blob; a U shape joins two runs late (the older run must stay the root)."""
+    mask = torch.zeros(2, 1, 24, 30)
+    for i in range(6):  # a diagonal line of 6 single pixels: one blob of 6
+        mask[0, 0, 2 + i, 3 + i] = 1
+    mask[0, 0, 15:20, 5] = mask[0, 0, 15:20, 9] = 1  # a U: two arms joined by the bottom row
+    mask[0, 0, 20, 5:10] = 1
+    mask[1] = (torch.arange(24)[:, None] + torch.arange(30)[None, :]) % 2 == 0  # checkerboard
+    for min_area in (6, 7, 15, 16, 360, 361):
+        got, counts, expected = _clean_both(mask, 0, min_area, 0)
+        assert torch.equal(got, expected), min_area
+    assert _clean_both(mask, 0, 6, 0)[0][0, 0, 2:8].sum() == 6  # the diagonal is kept whole at 6
+    assert _clean_both(mask, 0, 361, 0)[1][1] == 0 and _clean_both(mask, 0, 360, 0)[1][1] == 360
+
+
+@needs_native
+def test_input_policy_cleans_natively_with_counts_and_stays_exact():
+    """With the policy the engine takes the cleaned mask's counts from the kernel, and every frame's output is
+    the same as with the PyTorch / scipy clean-up (whose outputs test_thresholds.py checks against dense)."""
+    from fxsparse.input_policy import InputPolicy
+
+    net = _Blocks().eval()
+    frames = moving_object_frames(2, 64, 80, 5)
+    outs = {}
+    for use_native in (True, False):
+        sm = fxsparse.transform(net, input_threshold=0.05, input_open=1, input_min_area=8, input_dilate=1)
+        with mock.patch.object(native, "clean_mask", native.clean_mask if use_native else lambda *a: None):
+            outs[use_native] = [sm(x) for x in frames]
+            assert (sm._engine.input_counts is not None) == use_native  # the last frame has changes
+        with torch.no_grad():
+            assert torch.equal(outs[use_native][-1], sm(frames[-1]))  # unchanged: same output
+    for a, b in zip(outs[True], outs[False]):
+        assert torch.equal(a, b)
+    assert InputPolicy(open=1).clean(torch.zeros(1, 1, 4, 4))[1] == [0]

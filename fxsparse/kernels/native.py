@@ -59,10 +59,11 @@ import threading
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "conv.c", "masks.c", "frames.c")]
+_SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "conv.c", "masks.c", "frames.c", "cleanup.c")]
 _HEADERS = [os.path.join(_HERE, "common.h")]  # part of the library's key: a changed header rebuilds it
 _ACTIVATIONS = {None: (0, 0.0, 0.0), ("relu",): (1, 0.0, 0.0), ("hardswish",): (3, 0.0, 0.0)}
 _lock = threading.Lock()
+_scratch = threading.local()  # per thread: ctypes calls release the GIL, so threads may run kernels at once
 _lib: ctypes.CDLL | None = None
 _status = "not built yet"
 
@@ -131,6 +132,8 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     for size in (1, 2, 4):
         getattr(lib, f"fxsparse_update_reference_{size}").argtypes = [ptr] * 4 + [i64] * 8
         getattr(lib, f"fxsparse_update_reference_{size}").restype = None
+    lib.fxsparse_clean_mask.argtypes = [ptr] * 2 + [i64] * 6 + [ptr] * 3
+    lib.fxsparse_clean_mask.restype = None
     lib.fxsparse_bytes_equal.argtypes = [ptr, ptr, i64]
     lib.fxsparse_bytes_equal.restype = ctypes.c_int
     for fn in (lib.fxsparse_depthwise_masked, lib.fxsparse_conv_masked,
@@ -301,3 +304,31 @@ def input_difference(x: torch.Tensor, ref: torch.Tensor,
     fn = lib.fxsparse_input_diff if x.dtype == torch.float32 else lib.fxsparse_input_diff_u8
     fn(x.data_ptr(), ref.data_ptr(), mask.data_ptr(), b, c, h * w, threshold, counts.data_ptr(), largest.data_ptr())
     return mask, float(largest), counts.tolist()
+
+
+def _scratch_bytes(name: str, n: int) -> torch.Tensor:
+    """A byte buffer of at least ``n`` bytes kept for this thread (no fresh, page-faulting memory per frame)."""
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=torch.uint8)
+        setattr(_scratch, name, buf)
+    return buf
+
+
+def clean_mask(mask: torch.Tensor, open_radius: int, min_area: int, dilate: int) -> tuple[torch.Tensor, list[int]] | None:
+    """(the cleaned mask, its set pixels per stream): the input policy's opening, minimum blob area (8-connected)
+    and dilation on a 0/1 float32 mask ``[B, 1, H, W]`` in one call (Note [Native mask clean-up]); None where
+    it cannot."""
+    if mask.dtype != torch.float32 or mask.dim() != 4 or mask.shape[1] != 1 or not mask.is_contiguous():
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    b, _, h, w = mask.shape
+    out = torch.empty_like(mask)
+    counts = torch.empty(b, dtype=torch.int64)
+    planes = _scratch_bytes("planes", 2 * h * w + 2 * h)
+    runs = _scratch_bytes("runs", 20 * h * ((w + 1) // 2) + 8 * (h + 1)) if min_area > 1 else planes
+    lib.fxsparse_clean_mask(mask.data_ptr(), out.data_ptr(), b, h, w, open_radius, min_area, dilate,
+                            planes.data_ptr(), runs.data_ptr(), counts.data_ptr())
+    return out, counts.tolist()
