@@ -384,13 +384,19 @@ class Engine:
 
     def mask_buffer(self, node: fx.Node, shape) -> torch.Tensor:
         """An all-zero mask buffer for ``node``, reused across frames (only last frame's box is cleared)."""
+        buf, stale = self.stale_mask_buffer(node, shape)
+        if stale is not None:
+            buf[:, :, stale[0] : stale[1], stale[2] : stale[3]] = 0
+        return buf
+
+    def stale_mask_buffer(self, node: fx.Node, shape) -> tuple[torch.Tensor, Box | None]:
+        """(``node``'s mask buffer, the box where it may still hold last frame's ones): zero outside that box;
+        the caller overwrites the box (a footprint kernel writes it in the same pass as the new mask)."""
         buf, box = self._mask_buffers.get(node, (None, None))
         if buf is None or tuple(buf.shape) != tuple(shape):
-            buf = torch.zeros(shape)
-        elif box is not None:
-            buf[:, :, box[0] : box[1], box[2] : box[3]] = 0
+            buf, box = torch.zeros(shape), None
         self._mask_buffers[node] = (buf, None)
-        return buf
+        return buf, box
 
     def _remember_box(self, node: fx.Node) -> None:
         if node in self._mask_buffers and self.masks.get(node) is self._mask_buffers[node][0]:

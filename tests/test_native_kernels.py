@@ -341,6 +341,35 @@ def test_mask_footprint_is_max_pooling_of_the_zero_padded_mask(data):
     assert (out == 7.0).all()  # nothing outside the box
 
 
+@pytest.mark.parametrize("use_native", [True, False])
+@given(st.data())
+def test_footprint_into_a_stale_buffer_equals_a_fresh_one(use_native, data):
+    """A footprint written into last frame's mask buffer (ones left in a stale box, zero elsewhere) equals the
+    footprint in a zeroed buffer: the stale box is cleared in the same pass (natively) or before it, and the box
+    and counts are the footprint's own."""
+    from fxsparse.rules.masks import box_of, window_footprint
+
+    if use_native and not native.available():
+        return
+    h, w = data.draw(st.integers(4, 24)), data.draw(st.integers(4, 24))
+    k, s = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    ho, wo = (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1
+    mask = torch.zeros(2, 1, h, w)
+    y, x = data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))
+    mask[data.draw(st.integers(0, 1)), 0, y : y + data.draw(st.integers(1, 5)), x : x + data.draw(st.integers(1, 5))] = 1
+    stale_y, stale_x = data.draw(st.integers(0, ho - 1)), data.draw(st.integers(0, wo - 1))
+    stale = (stale_y, data.draw(st.integers(stale_y + 1, ho)), stale_x, data.draw(st.integers(stale_x + 1, wo)))
+    geometry = ((k, k), (s, s), (k // 2, k // 2), (1, 1))
+    fresh, used = torch.zeros(2, 1, ho, wo), torch.zeros(2, 1, ho, wo)
+    used[:, :, stale[0] : stale[1], stale[2] : stale[3]] = 1.0
+    with mock.patch.object(native, "window_max", native.window_max if use_native else lambda *a: False):
+        counts_fresh, counts_used = [], []
+        box_fresh = window_footprint(mask, box_of(mask), fresh, *geometry, counts=counts_fresh)
+        box_used = window_footprint(mask, box_of(mask), used, *geometry, counts=counts_used, stale=stale)
+    assert torch.equal(used, fresh)
+    assert box_used == box_fresh and counts_used == counts_fresh
+
+
 @needs_native
 @pytest.mark.parametrize("channels", [1, 3, 4])
 @pytest.mark.parametrize("threshold", [0.0, 0.1])

@@ -61,14 +61,16 @@ def window_out_range(lo: int, hi: int, k: int, s: int, pad: int, d: int, n_out: 
 
 
 def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation, full=False,
-                     counts: list | None = None) -> Box | None:
+                     counts: list | None = None, stale: Box | None = None) -> Box | None:
     """Write ``max over window`` of ``mask`` into ``out`` inside the box it can reach; return that box.
 
     Zero padding is explicit (taps outside the input read 0), which gives the
     footprint of convolutions and of pools (any padding, ceil_mode) alike.
     ``full``: every input position changed, so every output did (no pooling needed).
     ``counts``: a list that receives each stream's changed outputs when they came for free (the native
-    kernel counts as it writes); left empty otherwise.
+    kernel counts as it writes); left empty otherwise. ``stale``: a box of ``out`` that may still hold last
+    frame's ones (``out`` is zero elsewhere); it is cleared, by the native kernel in the same pass (it writes
+    the union of both boxes: zeros where no window reads a change).
     """
     _, _, h, w = mask.shape
     _, _, ho, wo = out.shape
@@ -79,12 +81,15 @@ def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation
     oy0, oy1 = window_out_range(box[0], box[1], kh, sh, pt, dh, ho)
     ox0, ox1 = window_out_range(box[2], box[3], kw, sw, pl, dw, wo)
     if oy0 >= oy1 or ox0 >= ox1:
+        _clear(out, stale)
         return None
     counted = None if counts is None else torch.empty(mask.shape[0], dtype=torch.int64)
-    if native.window_max(mask, out, kernel, stride, pad_top_left, dilation, (oy0, oy1, ox0, ox1), counted):
+    written = box_union([(oy0, oy1, ox0, ox1), stale])
+    if native.window_max(mask, out, kernel, stride, pad_top_left, dilation, written, counted):
         if counts is not None:
             counts.extend(counted.tolist())
         return oy0, oy1, ox0, ox1  # Note [Native mask footprint]: no crop, pad or pooling passes
+    _clear(out, stale)
     # input rows/cols read by those outputs, in input coordinates
     iy0, iy1 = oy0 * sh - pt, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1
     ix0, ix1 = ox0 * sw - pl, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1
@@ -94,6 +99,11 @@ def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation
         crop = F.pad(crop, padding)
     out[:, :, oy0:oy1, ox0:ox1] = window_max(crop, (kh, kw), (sh, sw), (dh, dw))
     return oy0, oy1, ox0, ox1
+
+
+def _clear(out: torch.Tensor, box: Box | None) -> None:
+    if box is not None:
+        out[:, :, box[0] : box[1], box[2] : box[3]] = 0
 
 
 def union(masks, out_shape) -> torch.Tensor:

@@ -58,10 +58,13 @@ def propagate_window(step, ctx):
             (_residual(step) is None or step.config["residual_inside"]):
         return ctx.share_mask(step.node, x)  # 1x1, stride 1, no padding: the same positions change
     k, s, (top, _, left, _), d, _ = _geometry(step)
-    out = ctx.mask_buffer(step.node, mask_shape(step.shape))
+    out, stale = ctx.stale_mask_buffer(step.node, mask_shape(step.shape))
     box, counts = ctx.box(x), []
     if box is not None:
-        box = window_footprint(ctx.mask(x), box, out, k, s, (top, left), d, full=ctx.fully_changed(x), counts=counts)
+        box = window_footprint(ctx.mask(x), box, out, k, s, (top, left), d, full=ctx.fully_changed(x), counts=counts,
+                               stale=stale)
+    elif stale is not None:
+        out[:, :, stale[0] : stale[1], stale[2] : stale[3]] = 0
     res = _residual(step)
     if res is not None:  # conv(x) + residual: the residual's changes show up where they are
         res_box = ctx.box(res)
