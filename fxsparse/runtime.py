@@ -457,8 +457,8 @@ class Engine:
                    policy=None, last_unchanged: bool = True) -> torch.Tensor | None:
         """Changed pixels: ``max_c |x - reference| > threshold`` (None when none changed). Reads state,
         changes nothing but :attr:`input_counts` (the mask's changed pixels per stream, when the one-pass
-        difference or the native clean-up counted them). ``last_unchanged``: the previous frame changed nothing, so this one is
-        tested bit for bit first (exact mode).
+        difference or the native clean-up counted them). ``last_unchanged``: the previous frame changed
+        nothing, so this one is tested bit for bit first (exact mode).
 
         Raises InputError for NaN / inf in ``x``: they make the difference non-finite, so one
         small reduction over the ``[B, 1, H, W]`` difference replaces a full ``isfinite`` pass.
