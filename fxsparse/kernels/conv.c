@@ -7,6 +7,8 @@
 
 #include "common.h"
 
+#define GROUP 12
+
 /* One call's conv. w: the weight [KH * KW * Cin, N] (rows in tap-major, then input channel order) in panels
  * (panel()); bias: [N] or NULL; res: rows [B * Ho * Wo, N] or NULL. */
 typedef struct {
@@ -63,31 +65,37 @@ static inline const float* panel(const conv_t* g, int64_t n0, int64_t* stride) {
             }                                                                                           \
     }
 
+CONV_BLOCK(six_64, 6, 4, vf, LANES, activate_vec)
 CONV_BLOCK(four_64, 4, 4, vf, LANES, activate_vec)
 CONV_BLOCK(four_32, 4, 2, vf, LANES, activate_vec)
 CONV_BLOCK(eight_16, 8, 1, vf, LANES, activate_vec)
+CONV_BLOCK(four_16, 4, 1, vf, LANES, activate_vec)
 CONV_BLOCK(eight_8, 8, 1, vf8, 8, activate_vec8)
+CONV_BLOCK(four_8, 4, 1, vf8, 8, activate_vec8)
 CONV_BLOCK(one_64, 1, 4, vf, LANES, activate_vec)
 CONV_BLOCK(one_32, 1, 2, vf, LANES, activate_vec)
 CONV_BLOCK(one_16, 1, 1, vf, LANES, activate_vec)
 CONV_BLOCK(one_8, 1, 1, vf8, 8, activate_vec8)
 
-/* Every output channel of the n <= 8 positions (q, x) sharing the taps ky0..ky1 x kx0..kx1: channels in blocks
- * of 64 and 32 for four positions at a time, of 16 and 8 for eight (eight accumulators or more in flight),
- * positions left over one by one, the last N % 8 channels one by one. */
+/* Every output channel of the n <= GROUP positions (q, x) sharing the taps ky0..ky1 x kx0..kx1: channels in
+ * blocks of 64 for six positions at a time (24 accumulators: each weight vector serves six positions; four
+ * served only four, and large weights stream from L2), then four; blocks of 32 for four, of 16 and 8 for eight
+ * then four (eight accumulators or more in flight); positions left over one by one, the last N % 8 channels
+ * one by one. */
 static void positions(const conv_t* g, const int64_t* q, const int64_t* x, int n, int64_t ky0, int64_t ky1,
                       int64_t kx0, int64_t kx1) {
     int64_t n0 = 0;
-#define BLOCKS(WIDTH, GROUP, MANY, ONE)                                                                 \
+#define BLOCKS(WIDTH, GROUP1, MANY, GROUP2, FEW, ONE)                                                   \
     for (; n0 + (WIDTH) <= g->N; n0 += (WIDTH)) {                                                       \
         int p = 0;                                                                                      \
-        for (; p + (GROUP) <= n; p += (GROUP)) MANY(g, q + p, x + p, n0, ky0, ky1, kx0, kx1);           \
+        for (; p + (GROUP1) <= n; p += (GROUP1)) MANY(g, q + p, x + p, n0, ky0, ky1, kx0, kx1);         \
+        for (; p + (GROUP2) <= n; p += (GROUP2)) FEW(g, q + p, x + p, n0, ky0, ky1, kx0, kx1);          \
         for (; p < n; ++p) ONE(g, q + p, x + p, n0, ky0, ky1, kx0, kx1);                                \
     }
-    BLOCKS(64, 4, four_64, one_64)
-    BLOCKS(32, 4, four_32, one_32)
-    BLOCKS(16, 8, eight_16, one_16)
-    BLOCKS(8, 8, eight_8, one_8)
+    BLOCKS(64, 6, six_64, 4, four_64, one_64)
+    BLOCKS(32, 4, four_32, 4, four_32, one_32)
+    BLOCKS(16, 8, eight_16, 4, four_16, one_16)
+    BLOCKS(8, 8, eight_8, 4, four_8, one_8)
 #undef BLOCKS
     for (; n0 < g->N; ++n0)
         for (int p = 0; p < n; ++p) {
@@ -105,33 +113,44 @@ static void positions(const conv_t* g, const int64_t* q, const int64_t* x, int n
         }
 }
 
+/* Positions gathered for one call of positions(): up to GROUP with the same vertical taps ky0..ky1 and every
+ * horizontal tap inside the image, from one output row or several (a thread keeps one group across its rows:
+ * fewer positions are left over one by one at a row's end). */
+typedef struct {
+    int64_t q[GROUP], x[GROUP], ky0, ky1;
+    int n;
+} group_t;
+
+static inline void flush(const conv_t* g, group_t* grp) {
+    if (grp->n) positions(g, grp->q, grp->x, grp->n, grp->ky0, grp->ky1, 0, g->KW);
+    grp->n = 0;
+}
+
 /* Output row oy of stream b: its changed positions in [x0, x1); those whose windows lie inside the image
- * horizontally eight at a time (any eight of the row: they share their taps), the others one by one. */
+ * horizontally go into the group (any of the row share their taps), the others one by one. */
 static inline void masked_line(const conv_t* g, const float* mask, int64_t b, int64_t oy, int64_t x0, int64_t x1,
-                               int64_t in_lo, int64_t in_hi) {
+                               int64_t in_lo, int64_t in_hi, group_t* grp) {
     const int64_t iy = oy * g->sh - g->pt;
     const float* m = mask + (b * g->Ho + oy) * g->Wo;
-    int64_t ky0, ky1, q[8], x[8];
-    int n = 0;
+    int64_t ky0, ky1;
     inside(iy, g->dh, g->KH, g->H, &ky0, &ky1);
+    if (grp->n && (ky0 != grp->ky0 || ky1 != grp->ky1)) flush(g, grp);
+    grp->ky0 = ky0;
+    grp->ky1 = ky1;
     for (int64_t ox = x0; ox < x1; ++ox) {
         if (!(m[ox] > 0.f)) continue;
         const int64_t at = (b * g->Ho + oy) * g->Wo + ox, ix = ox * g->sw - g->pl;
         const int64_t origin = ((b * g->H + iy) * g->W + ix) * g->Cin;
         if (ox >= in_lo && ox < in_hi) {
-            q[n] = at;
-            x[n++] = origin;
-            if (n == 8) {
-                positions(g, q, x, 8, ky0, ky1, 0, g->KW);
-                n = 0;
-            }
+            grp->q[grp->n] = at;
+            grp->x[grp->n++] = origin;
+            if (grp->n == GROUP) flush(g, grp);
         } else {
             int64_t kx0, kx1;
             inside(ix, g->dw, g->KW, g->W, &kx0, &kx1);
             positions(g, &at, &origin, 1, ky0, ky1, kx0, kx1);
         }
     }
-    positions(g, q, x, n, ky0, ky1, 0, g->KW);
 }
 
 /* The changed positions (mask > 0; mask: [B, 1, Ho, Wo]) of output box [y0, y1) x [x0, x1) of every stream, row
@@ -145,15 +164,21 @@ void fxsparse_conv_masked(const float* in, float* out, const float* w, const flo
     const conv_t g = {in, w, bias, res, out, Cin, N, H, W, Ho, Wo, KH, KW, sh, sw, pt, pl, dh, dw, act, lo, hi};
     const int64_t rows = y1 - y0, lines = B * rows;
     const int threads = changed * KH * KW * Cin * N > 200000;  /* worth waking them */
+    const int scattered = SCATTERED(changed, lines, x1 - x0);
     int64_t in_lo, in_hi;
     interior(pl, sw, W, KW, dw, &in_lo, &in_hi);
-    if (SCATTERED(changed, lines, x1 - x0)) {
-        #pragma omp parallel for schedule(static, 1) if (threads)
-        for (int64_t line = 0; line < lines; ++line)
-            masked_line(&g, mask, line / rows, y0 + line % rows, x0, x1, in_lo, in_hi);
-    } else {
-        #pragma omp parallel for schedule(static) if (threads)
-        for (int64_t line = 0; line < lines; ++line)
-            masked_line(&g, mask, line / rows, y0 + line % rows, x0, x1, in_lo, in_hi);
+    #pragma omp parallel if (threads)
+    {
+        group_t grp = {.n = 0};
+        if (scattered) {
+            #pragma omp for schedule(static, 1)
+            for (int64_t line = 0; line < lines; ++line)
+                masked_line(&g, mask, line / rows, y0 + line % rows, x0, x1, in_lo, in_hi, &grp);
+        } else {
+            #pragma omp for schedule(static)
+            for (int64_t line = 0; line < lines; ++line)
+                masked_line(&g, mask, line / rows, y0 + line % rows, x0, x1, in_lo, in_hi, &grp);
+        }
+        flush(&g, &grp);
     }
 }

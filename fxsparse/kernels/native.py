@@ -15,8 +15,9 @@ tensor), so a native depthwise conv never switches to dense. Earlier versions ch
 and a list of gathered rows; the mask scan needs neither.
 
 Note [Native conv]: ``conv.c`` does the same for a conv of groups 1 with small weights (1x1 convs, a stem over
-the frame's channels, narrow 3x3 convs): the changed positions of the box, eight or four at a time against
-blocks of 16-64 output channels held in registers (each weight vector loaded once for the group, each input
+the frame's channels, narrow 3x3 convs): the changed positions of the box, six or four at a time against
+blocks of 64 output channels (eight or four against 16 or 8) held in registers, gathered across the rows a thread
+takes (each weight vector loaded once for the group, each input
 value broadcast once), bias, residual and activation before the store, no im2col gather and no scatter. The
 weight is laid out once in panels of 64 output channels (:func:`conv_panels`), so a block reads its weights as
 one stream (big weights: [256, 1024] 0.73x, [2048, 512] 0.52x of the time with rows ``N`` apart). For 1x1
