@@ -77,4 +77,8 @@ static inline void interior(int64_t pl, int64_t sw, int64_t w, int64_t kw, int64
  * in turn instead of in contiguous halves (depthwise.c). */
 #define SCATTERED(changed, lines, width) ((changed) * 4 < (lines) * (width))
 
+/* Note [Native call arguments] (native.py): the per-call kernels take their arguments as one int64 array
+ * (pointers as integers, 0 for NULL) and one float array; A(T, i) reads entry i as T. */
+#define A(T, i) ((T)(intptr_t)a[i])
+
 #endif

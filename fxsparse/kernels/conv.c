@@ -156,11 +156,11 @@ static inline void masked_line(const conv_t* g, const float* mask, int64_t b, in
 /* The changed positions (mask > 0; mask: [B, 1, Ho, Wo]) of output box [y0, y1) x [x0, x1) of every stream, row
  * by row; threads take contiguous halves of the rows, or rows in turn where the changes are scattered
  * (SCATTERED, common.h). */
-void fxsparse_conv_masked(const float* in, float* out, const float* w, const float* bias, const float* res,
-                          const float* mask, int64_t B, int64_t Cin, int64_t N, int64_t H, int64_t W, int64_t Ho,
-                          int64_t Wo, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                          int64_t dh, int64_t dw, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int64_t changed,
-                          int act, float lo, float hi) {
+static void conv_masked(const float* in, float* out, const float* w, const float* bias, const float* res,
+                        const float* mask, int64_t B, int64_t Cin, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                        int64_t Wo, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                        int64_t dh, int64_t dw, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int64_t changed,
+                        int act, float lo, float hi) {
     const conv_t g = {in, w, bias, res, out, Cin, N, H, W, Ho, Wo, KH, KW, sh, sw, pt, pl, dh, dw, act, lo, hi};
     const int64_t rows = y1 - y0, lines = B * rows;
     const int threads = changed * KH * KW * Cin * N > 200000;  /* worth waking them */
@@ -181,4 +181,11 @@ void fxsparse_conv_masked(const float* in, float* out, const float* w, const flo
         }
         flush(&g, &grp);
     }
+}
+
+/* conv_masked's arguments in order, as Note [Native call arguments] packs them (f: the activation's lo, hi). */
+void fxsparse_conv_masked(const int64_t* a, const float* f) {
+    conv_masked(A(const float*, 0), A(float*, 1), A(const float*, 2), A(const float*, 3), A(const float*, 4),
+                A(const float*, 5), a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17],
+                a[18], a[19], a[20], a[21], a[22], a[23], a[24], a[25], (int)a[26], f[0], f[1]);
 }

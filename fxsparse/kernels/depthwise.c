@@ -94,11 +94,11 @@ static inline void masked_line(const conv_t* g, const float* in, float* out, con
  * contiguous halves of the rows (neighbouring rows share input rows in each core's cache), or rows in turn where
  * the changes fill under a quarter of the box (scattered changes: halves of the rows hold unequal work; CDnet
  * highway at 16/255, mobilenet_v2: 0.91 of the time, where a tight change ran 1.03-1.06 in turn). */
-void fxsparse_depthwise_masked(const float* in, float* out, const float* taps, const float* bias, const float* mask,
-                               int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t KH,
-                               int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw,
-                               int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1, int64_t changed, int act, float lo,
-                               float hi) {
+static void depthwise_masked(const float* in, float* out, const float* taps, const float* bias, const float* mask,
+                             int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t KH,
+                             int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw,
+                             int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1, int64_t changed, int act, float lo,
+                             float hi) {
     const conv_t g = CONV_T;
     const int64_t rows = oy1 - oy0, lines = B * rows;
     int64_t in_lo, in_hi;
@@ -112,4 +112,11 @@ void fxsparse_depthwise_masked(const float* in, float* out, const float* taps, c
         for (int64_t line = 0; line < lines; ++line)
             masked_line(&g, in, out, mask, line / rows, Ho, Wo, oy0 + line % rows, ox0, ox1, in_lo, in_hi);
     }
+}
+
+/* depthwise_masked's arguments in order, as Note [Native call arguments] packs them (f: the activation's lo, hi). */
+void fxsparse_depthwise_masked(const int64_t* a, const float* f) {
+    depthwise_masked(A(const float*, 0), A(float*, 1), A(const float*, 2), A(const float*, 3), A(const float*, 4),
+                     a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17], a[18],
+                     a[19], a[20], a[21], a[22], a[23], (int)a[24], f[0], f[1]);
 }

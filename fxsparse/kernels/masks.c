@@ -4,9 +4,11 @@
  * loaded by fxsparse/kernels/native.py with depthwise.c. */
 #include <stdint.h>
 
-void fxsparse_window_max(const float* mask, float* out, int64_t B, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
-                         int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,
-                         int64_t dw, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1, int64_t* counts) {
+#include "common.h"
+
+static void window_max(const float* mask, float* out, int64_t B, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                       int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,
+                       int64_t dw, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1, int64_t* counts) {
     /* the input columns the box reads */
     const int64_t ix0 = ox0 * sw - pl < 0 ? 0 : ox0 * sw - pl;
     const int64_t ix1 = (ox1 - 1) * sw - pl + (KW - 1) * dw + 1 > W ? W : (ox1 - 1) * sw - pl + (KW - 1) * dw + 1;
@@ -43,4 +45,11 @@ void fxsparse_window_max(const float* mask, float* out, int64_t B, int64_t H, in
         }
         if (counts) counts[b] = count;
     }
+}
+
+/* window_max's arguments in order, as Note [Native call arguments] packs them. */
+void fxsparse_window_max(const int64_t* a, const float* f) {
+    (void)f;
+    window_max(A(const float*, 0), A(float*, 1), a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
+               a[12], a[13], a[14], a[15], a[16], a[17], a[18], A(int64_t*, 19));
 }
