@@ -531,3 +531,16 @@ def test_input_policy_cleans_natively_with_counts_and_stays_exact():
     for a, b in zip(outs[True], outs[False]):
         assert torch.equal(a, b)
     assert InputPolicy(open=1).clean(torch.zeros(1, 1, 4, 4))[1] == [0]
+
+
+@needs_native
+@given(st.data())
+def test_native_mask_box_is_the_bounding_box_of_every_streams_changes(data):
+    """Note [Native mask box]: the box over every stream equals the one from PyTorch's reductions (empty: None)."""
+    b, h, w = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 30)), data.draw(st.integers(1, 30))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    mask = (torch.rand(b, 1, h, w, generator=g) < data.draw(st.sampled_from([0.0, 0.002, 0.05, 1.0]))).float()
+    rows, cols = mask.amax((0, 1, 3)).nonzero(), mask.amax((0, 1, 2)).nonzero()
+    expected = None if len(rows) == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    assert native.mask_box(mask) == expected
+    assert native.mask_box(mask.bool()) is False  # not a float mask: the caller's PyTorch path

@@ -53,3 +53,31 @@ void fxsparse_window_max(const int64_t* a, const float* f) {
     window_max(A(const float*, 0), A(float*, 1), a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
                a[12], a[13], a[14], a[15], a[16], a[17], a[18], A(int64_t*, 19));
 }
+
+/* Note [Native mask box]: the bounding box of a 0/1 mask's set entries over every stream ([B, 1, H, W]
+ * float32), written to box[0..3] = y0, y1, x0, x1 (y0 = H when nothing is set): a count per row that
+ * vectorizes, and the row's first and last set entry searched only in rows with any. Two reductions, the
+ * nonzero calls and their conversions in PyTorch cost 0.13 ms for a 576x768 mask here (0.37 ms in a frame,
+ * out of cache), 30 us even for a 1x1 mask. */
+void fxsparse_mask_box(const float* mask, int64_t B, int64_t H, int64_t W, int64_t* box) {
+    int64_t y0 = H, y1 = 0, x0 = W, x1 = 0;
+    #pragma omp parallel for schedule(static) reduction(min : y0, x0) reduction(max : y1, x1) if (B * H * W > 200000)
+    for (int64_t line = 0; line < B * H; ++line) {
+        const float* m = mask + line * W;
+        int64_t count = 0;
+        for (int64_t x = 0; x < W; ++x) count += m[x] > 0.f;
+        if (!count) continue;
+        const int64_t y = line % H;
+        int64_t first = 0, last = W - 1;
+        while (!(m[first] > 0.f)) ++first;
+        while (!(m[last] > 0.f)) --last;
+        y0 = y < y0 ? y : y0;
+        y1 = y + 1 > y1 ? y + 1 : y1;
+        x0 = first < x0 ? first : x0;
+        x1 = last + 1 > x1 ? last + 1 : x1;
+    }
+    box[0] = y0;
+    box[1] = y1;
+    box[2] = x0;
+    box[3] = x1;
+}

@@ -133,6 +133,8 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     lib.fxsparse_depthwise_masked.argtypes = [ptr, ptr]  # Note [Native call arguments]
     lib.fxsparse_conv_masked.argtypes = [ptr, ptr]
     lib.fxsparse_window_max.argtypes = [ptr, ptr]
+    lib.fxsparse_mask_box.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.fxsparse_mask_box.restype = None
     lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_float, ptr, ptr]
     lib.fxsparse_input_diff_u8.argtypes = lib.fxsparse_input_diff.argtypes
     for size in (1, 2, 4):
@@ -272,6 +274,20 @@ def window_max(mask: torch.Tensor, out: torch.Tensor, kernel, stride, pad_top_le
         mask.data_ptr(), out.data_ptr(), b, h, w, out.shape[2], out.shape[3], *kernel, *stride, *pad_top_left,
         *dilation, *box, 0 if counts is None else counts.data_ptr()), ())
     return True
+
+
+def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None | bool:
+    """The bounding box (y0, y1, x0, x1) of a 0/1 float32 mask ``[B, 1, H, W]``'s set entries over every stream,
+    None when nothing is set (Note [Native mask box]); False where the kernel cannot tell."""
+    if mask.dtype != torch.float32 or mask.dim() != 4 or not mask.is_contiguous():
+        return False
+    lib = _library()
+    if lib is None:
+        return False
+    b, c, h, w = mask.shape
+    box = array.array("q", (0, 0, 0, 0))
+    lib.fxsparse_mask_box(mask.data_ptr(), b * c, h, w, box.buffer_info()[0])
+    return None if box[0] >= box[1] else tuple(box)
 
 
 def frames_equal(x: torch.Tensor, ref: torch.Tensor) -> bool | None:

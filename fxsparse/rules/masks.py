@@ -39,6 +39,9 @@ def changed_streams(mask: torch.Tensor) -> torch.Tensor:
 
 def box_of(mask: torch.Tensor) -> Box | None:
     """Bounding box of the non-zero entries of a ``[B, 1, H, W]`` mask (None when empty)."""
+    found = native.mask_box(mask)  # Note [Native mask box]
+    if found is not False:
+        return found
     rows = mask.amax((0, 1, 3)).nonzero()
     if len(rows) == 0:
         return None
