@@ -37,7 +37,7 @@ from .kernels.rows import RowCache
 from .output_pool import OutputPool
 from .packed_weights import packed_conv_weights
 from .rules import ChangeRule, get_change_rule
-from .rules.masks import Box, box_of, mask_shape
+from .rules.masks import Box, box_of, clear_box, mask_shape
 from .stats import CoverageEntry, CoverageReport, FrameStats, LayerStats
 
 _METADATA_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
@@ -385,8 +385,7 @@ class Engine:
     def mask_buffer(self, node: fx.Node, shape) -> torch.Tensor:
         """An all-zero mask buffer for ``node``, reused across frames (only last frame's box is cleared)."""
         buf, stale = self.stale_mask_buffer(node, shape)
-        if stale is not None:
-            buf[:, :, stale[0] : stale[1], stale[2] : stale[3]] = 0
+        clear_box(buf, stale)
         return buf
 
     def stale_mask_buffer(self, node: fx.Node, shape) -> tuple[torch.Tensor, Box | None]:

@@ -84,7 +84,7 @@ def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation
     oy0, oy1 = window_out_range(box[0], box[1], kh, sh, pt, dh, ho)
     ox0, ox1 = window_out_range(box[2], box[3], kw, sw, pl, dw, wo)
     if oy0 >= oy1 or ox0 >= ox1:
-        _clear(out, stale)
+        clear_box(out, stale)
         return None
     counted = None if counts is None else torch.empty(mask.shape[0], dtype=torch.int64)
     written = box_union([(oy0, oy1, ox0, ox1), stale])
@@ -92,7 +92,7 @@ def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation
         if counts is not None:
             counts.extend(counted.tolist())
         return oy0, oy1, ox0, ox1  # Note [Native mask footprint]: no crop, pad or pooling passes
-    _clear(out, stale)
+    clear_box(out, stale)
     # input rows/cols read by those outputs, in input coordinates
     iy0, iy1 = oy0 * sh - pt, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1
     ix0, ix1 = ox0 * sw - pl, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1
@@ -104,7 +104,8 @@ def window_footprint(mask, box: Box, out, kernel, stride, pad_top_left, dilation
     return oy0, oy1, ox0, ox1
 
 
-def _clear(out: torch.Tensor, box: Box | None) -> None:
+def clear_box(out: torch.Tensor, box: Box | None) -> None:
+    """Zero ``box`` of every stream of mask ``out`` (nothing for None)."""
     if box is not None:
         out[:, :, box[0] : box[1], box[2] : box[3]] = 0
 

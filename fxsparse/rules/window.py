@@ -36,7 +36,7 @@ from ..kernels import tiles as T
 from ..kernels.buckets import bucket, bucket_span, needs_buckets, pad_index
 from ..timing import median_seconds
 from . import ChangeRule, register_change_rule
-from .masks import box_union, mask_contains, mask_shape, window_footprint
+from .masks import box_union, clear_box, mask_contains, mask_shape, window_footprint
 
 
 def _geometry(step):
@@ -63,8 +63,8 @@ def propagate_window(step, ctx):
     if box is not None:
         box = window_footprint(ctx.mask(x), box, out, k, s, (top, left), d, full=ctx.fully_changed(x), counts=counts,
                                stale=stale)
-    elif stale is not None:
-        out[:, :, stale[0] : stale[1], stale[2] : stale[3]] = 0
+    else:
+        clear_box(out, stale)
     res = _residual(step)
     if res is not None:  # conv(x) + residual: the residual's changes show up where they are
         res_box = ctx.box(res)
