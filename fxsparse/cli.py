@@ -161,6 +161,8 @@ def analyze(ctx, source, spec, weights, thresholds, size, limit, fps, out_dir):
 @click.option("--weights", default=None, help="State-dict file for the model.")
 @click.option("--mode", type=click.Choice(["exact", "threshold", "patch"]), default="exact", show_default=True)
 @click.option("--threshold", default=8.0, show_default=True, help="Input threshold (0-255) for threshold/patch modes.")
+@click.option("--clean-up", is_flag=True,
+              help="Threshold mode: clean the change mask (opening 1 px, blobs under 30 px dropped, dilation 2 px).")
 @click.option("--size", default=None, help="Resize frames to HxW.")
 @click.option("--limit", default=None, type=int, help="Process at most this many frames.")
 @click.option("--out", "out_video", default="fxsparse-run.mp4", show_default=True, help="Output video (.mp4/.avi).")
@@ -170,7 +172,7 @@ def analyze(ctx, source, spec, weights, thresholds, size, limit, fps, out_dir):
 @click.option("--watts-per-core", default=10.0, show_default=True, help="For the energy estimate without RAPL.")
 @_precision_options
 @click.pass_context
-def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, json_path, compare_dense, fps,
+def run(ctx, source, spec, weights, mode, threshold, clean_up, size, limit, out_video, json_path, compare_dense, fps,
         watts_per_core, dtype, fuse_chains):
     """Run a model over SOURCE sparsely; write an overlay video, per-frame JSON and a summary."""
     import json as _json
@@ -183,6 +185,9 @@ def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, jso
     from .videowriter import VideoWriter
 
     def work():
+        if clean_up and mode != "threshold":
+            raise click.BadParameter("--clean-up cleans the change mask of --mode threshold; exact mode recomputes "
+                                     "every change. Hint: add --mode threshold --threshold 16.")
         check_source(source)  # before any output file exists
         model = _load(spec, weights)
         rate = fps or source_fps(source) or 25.0
@@ -200,7 +205,7 @@ def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, jso
         with VideoWriter(out_video, fps=rate) as writer, open(jpath, "w") as jsonl:
             summary = run_frames(frames, model, mode=mode, threshold=threshold, compare_dense=compare_dense,
                                  writer=writer, jsonl=jsonl, fps=rate, watts_per_core=watts_per_core, on_frame=live,
-                                 transform_options=_transform_options(dtype, fuse_chains))
+                                 transform_options=_transform_options(dtype, fuse_chains), clean_up=clean_up)
         bar.close()
         result = summary.as_dict()
         with open(os.path.splitext(out_video)[0] + ".summary.json", "w") as f:
@@ -211,7 +216,7 @@ def run(ctx, source, spec, weights, mode, threshold, size, limit, out_video, jso
             click.echo(
                 f"note: {summary.dense_frames} of {summary.frames - 1} frames changed in most pixels and ran as one "
                 "dense pass (any speedup there comes from the fused graph, not from skipping work). "
-                "Hint: camera noise? try --mode threshold (see docs/thresholds.md).",
+                "Hint: camera noise? try --mode threshold --clean-up (see docs/thresholds.md).",
                 err=True,
             )
         if summary.interrupted:

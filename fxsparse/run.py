@@ -17,16 +17,22 @@ from .patch import PatchRunner
 from .transform import transform
 
 MODES = ("exact", "threshold", "patch")
+# the input mask's clean-up measured on CDnet highway (docs/thresholds.md; mobilenet_v2 at 16/255: 4.11x over
+# dense torch with it, 1.06-1.12x without, docs/performance.md)
+CLEAN_UP = {"input_open": 1, "input_min_area": 30, "input_dilate": 2}
 
 
-def make_runner(model, mode: str, threshold: float, transform_options: dict | None = None):
+def make_runner(model, mode: str, threshold: float, transform_options: dict | None = None, clean_up: bool = False):
     """The sparse runner for ``mode`` (threshold on the 0-255 pixel scale); ``transform_options`` (e.g.
-    ``dtype``, ``fuse_chains``) go to ``transform`` in the exact and threshold modes."""
+    ``dtype``, ``fuse_chains``) go to ``transform`` in the exact and threshold modes; ``clean_up``: the input
+    mask's clean-up (:data:`CLEAN_UP`), threshold mode only."""
     options = transform_options or {}
+    if clean_up and mode != "threshold":
+        raise ValueError("the mask clean-up applies to threshold mode only (exact mode recomputes every change).")
     if mode == "exact":
         return transform(model, **options)
     if mode == "threshold":
-        return transform(model, input_threshold=threshold / 255, **options)
+        return transform(model, input_threshold=threshold / 255, **(CLEAN_UP if clean_up else {}), **options)
     if mode == "patch":
         if options:
             raise ValueError(f"{', '.join(options)} apply to the exact and threshold modes, not to patch mode.")
@@ -80,13 +86,14 @@ class RunSummary:
 @torch.inference_mode()
 def run_frames(frames: Iterable[torch.Tensor], model, *, mode="exact", threshold=8.0, compare_dense=False,
                writer=None, jsonl=None, fps=25.0, watts_per_core=10.0,
-               on_frame: Callable[[dict], None] | None = None, transform_options: dict | None = None) -> RunSummary:
+               on_frame: Callable[[dict], None] | None = None, transform_options: dict | None = None,
+               clean_up: bool = False) -> RunSummary:
     """Process ``frames`` one by one; write overlay frames to ``writer`` and one JSON line per frame.
 
     A KeyboardInterrupt stops the loop cleanly: the summary says ``interrupted`` and everything
     written so far is complete (the caller closes ``writer``; each JSON line is flushed as written).
     """
-    runner = make_runner(model.eval(), mode, threshold, transform_options)
+    runner = make_runner(model.eval(), mode, threshold, transform_options, clean_up)
     if hasattr(runner, "copy_outputs"):
         runner.copy_outputs = False  # each output is rendered and compared before the next frame
     summary = RunSummary(sparse_energy=EnergyMeter(watts_per_core), fps=fps)

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from fxsparse.cli import main
@@ -106,6 +107,23 @@ def test_run_on_cdnet_folder_with_classifier(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "t.summary.json").read_text())["dense_frames"] == 0
     assert "dense pass" not in result.output
+
+
+def test_run_threshold_mode_with_clean_up(clip, seg_model_file, tmp_path):
+    """--clean-up gives threshold mode the input mask's clean-up; with another mode it is refused before any
+    output file exists."""
+    from fxsparse.run import CLEAN_UP, make_runner
+
+    result = CliRunner().invoke(main, ["run", clip, "--model", seg_model_file, "--mode", "threshold", "--threshold",
+                                       "16", "--clean-up", "--out", str(tmp_path / "c.avi")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c.summary.json").read_text())["frames"] == 8
+    policy = make_runner(torch.nn.Conv2d(3, 4, 3), "threshold", 16, clean_up=True).input_policy
+    assert (policy.open, policy.min_area, policy.dilate) == tuple(CLEAN_UP.values())
+    result = CliRunner().invoke(main, ["run", clip, "--model", seg_model_file, "--clean-up",
+                                       "--out", str(tmp_path / "e.avi")])
+    assert result.exit_code == 2 and "--mode threshold" in result.output
+    assert not (tmp_path / "e.avi").exists()
 
 
 def test_interrupted_run_leaves_playable_outputs(clip, seg_model_file, tmp_path, monkeypatch):
