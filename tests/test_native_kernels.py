@@ -284,6 +284,22 @@ def test_coverage_names_the_native_lowerings_and_their_switches():
     assert lowering["stem"] == "native 3x3 at the changed positions, dense above 90%"
 
 
+@needs_native
+def test_native_conv_weight_limits_for_1x1_and_for_convs_with_taps():
+    """1x1 convs run natively up to 2^19 weights, convs with taps up to 2^20 (their GEMM path gathers K x Cin
+    values per position); beyond, the GEMM lowering."""
+    net = nn.Sequential(nn.Conv2d(3, 256, 1), nn.Conv2d(256, 256, 3, padding=1),  # 589,824 weights: native
+                        nn.Conv2d(256, 2048, 1), nn.Conv2d(2048, 256, 1),  # 2^19 weights each: native
+                        nn.Conv2d(256, 4096, 1),  # 2^20 weights, 1x1: GEMM
+                        nn.Conv2d(4096, 32, 3, padding=1))  # 1,179,648 weights with taps: GEMM
+    sm = fxsparse.transform(net.eval())
+    sm(torch.rand(1, 3, 6, 6))
+    lowering = {e.name: e.lowering for e in sm.coverage().entries}
+    assert lowering["1"].startswith("native 3x3") and lowering["2"].startswith("native 1x1")
+    assert lowering["3"].startswith("native 1x1")
+    assert not lowering["4"].startswith("native") and not lowering["5"].startswith("native")
+
+
 def test_without_a_compiler_or_switched_off_fxsparse_keeps_the_onednn_path(tmp_path):
     """In fresh processes: the kernels are built on first use, so their state is per process. A compiler
     without OpenMP still builds them (one thread)."""

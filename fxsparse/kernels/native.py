@@ -23,7 +23,8 @@ weight is laid out once in panels of 64 output channels (:func:`conv_panels`), s
 one stream (big weights: [256, 1024] 0.73x, [2048, 512] 0.52x of the time with rows ``N`` apart). For 1x1
 convs against gather + addmm + scatter (isolated, interleaved): 0.46-0.53x for mobilenet_v2's expansions
 ([16, 96], [24, 144], [32, 192]), 0.60-0.82x for its projections and [96, 576], [576, 96]; up to weights of
-2^19 elements (window.py: NATIVE_CONV_MAX_WEIGHTS; beyond, MKL's blocked GEMM wins).
+2^19 elements (2^20 for convs with taps, whose GEMM path gathers 9 x Cin values per position; window.py:
+NATIVE_CONV_MAX_WEIGHTS; beyond, MKL's blocked GEMM wins).
 
 Note [Native mask footprint]: ``masks.c`` writes a window op's change mask (max over each output's window,
 zero outside the image) straight into the output box, instead of crop, pad, shifted-slice maxima and copy

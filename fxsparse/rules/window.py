@@ -181,8 +181,9 @@ def prepare_window(step, ctx):
             if c_in <= STEM_CHANNELS and k != (1, 1):
                 cfg["box_conv"] = True  # Note [Stems on the box]
             # Note [Native conv]: the changed positions in place, where the kernel runs this conv
+            limit = NATIVE_CONV_MAX_WEIGHTS if k == (1, 1) else NATIVE_CONV_MAX_WEIGHTS_TAPS
             cfg["native_conv"] = native.activation_code(step.node.args[7]) is not None and \
-                weight.dtype == torch.float32 and weight.numel() <= NATIVE_CONV_MAX_WEIGHTS and native.available()
+                weight.dtype == torch.float32 and weight.numel() <= limit and native.available()
             if cfg["native_conv"]:
                 cfg["conv_panels"] = native.conv_panels(cfg["weight_t"])
                 cfg["label"] = f"native {k[0]}x{k[1]} at the changed positions"
@@ -319,12 +320,16 @@ def _native_depthwise(step, ctx, mask) -> bool:
                                    step.node.args[7])
 
 
-# The native kernel reads a conv's whole weight for every eight positions (as panels of 64 output channels:
+# The native kernel reads a conv's whole weight for every six positions (as panels of 64 output channels:
 # native.conv_panels); past a few MiB of weights MKL's blocked GEMM wins (isolated 1x1 convs against gather +
 # addmm + scatter: [960, 320] 0.98x, [1024, 256] 0.99x, [256, 1024] 0.91x, [320, 1280] 1.14x; [2048, 512]
 # 1.68x, [512, 2048] 1.47x, [2304, 256] 1.49x). In the models 2^19 paid over 2^18 (mobilenet_v2's two
-# largest 1x1 convs: 1% 0.905, 5% 0.929; resnet50 5% 0.950) and 2^20 did not (resnet50 5% 0.990)
+# largest 1x1 convs: 1% 0.905, 5% 0.929; resnet50 5% 0.950) and 2^20 did not (resnet50 5% 0.990; again with
+# six-position blocks: 5% 0.922 but 1% 1.068). A conv with taps (3x3) pays more on the GEMM path, which gathers
+# K = 9 x Cin values per position first: up to 2^20 weights natively (resnet50's 3x3 convs of 256 channels,
+# 589,824 weights: A/B 1% 0.957 / 1.008, 5% 0.965, 20% 0.933, CDnet + clean-up 0.983)
 NATIVE_CONV_MAX_WEIGHTS = 1 << 19
+NATIVE_CONV_MAX_WEIGHTS_TAPS = 1 << 20
 # In place at the changed positions it beats oneDNN's dense 1x1 conv (a fresh output tensor) up to ~85-100%
 # changed (isolated, interleaved, random masks: 50% 0.51-0.70x of the dense op's time, 85% 0.71-1.01x, 100%
 # 0.65-1.08x, mobilenet_v2's shapes): such a conv switches to dense above this share
