@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .input_policy import CLEAN_UP, InputPolicy
 from .transform import transform
 
 
@@ -35,6 +36,7 @@ class AnalysisResult:
     dense_ms: float | None = None  # measured dense latency of the model (median), if a model was given
     fps: float | None = None
     model: str | None = None
+    clean_up: bool = False  # thresholds above 0 with the input mask's clean-up (input_policy.CLEAN_UP)
 
     def summary(self) -> dict:
         rows = {}
@@ -52,7 +54,8 @@ class AnalysisResult:
                     row["cpu_hours_saved_per_stream_day_upper_bound"] = saved_s / 3600
             rows[str(t)] = row
         return {"frames": self.frames, "size": list(self.size), "model": self.model, "fps": self.fps,
-                "fps_assumed": self.fps is None, "dense_ms": self.dense_ms, "thresholds": rows}
+                "fps_assumed": self.fps is None, "dense_ms": self.dense_ms, "clean_up": self.clean_up,
+                "thresholds": rows}
 
 
 def _quantile(values, q):
@@ -64,12 +67,17 @@ def _quantile(values, q):
 
 @torch.inference_mode()
 def analyze_frames(frames: Iterable[torch.Tensor], thresholds: list[int], *, model=None, model_name=None,
-                   fps=None, progress: Callable[[int], None] | None = None) -> AnalysisResult:
-    """Change statistics of ``frames`` ([3, H, W] in [0, 1]) at each threshold (0-255 scale)."""
+                   fps=None, progress: Callable[[int], None] | None = None, clean_up: bool = False) -> AnalysisResult:
+    """Change statistics of ``frames`` ([3, H, W] in [0, 1]) at each threshold (0-255 scale); ``clean_up``:
+    thresholds above 0 clean their change maps as ``transform(**input_policy.CLEAN_UP)`` would, and their
+    references follow the cleaned maps."""
     refs, result, sm = None, None, None
+    policy = InputPolicy(CLEAN_UP["input_open"], CLEAN_UP["input_min_area"], CLEAN_UP["input_dilate"]) \
+        if clean_up else None
     for i, x in enumerate(frames):
         if result is None:
-            result = AnalysisResult(sorted(thresholds), tuple(x.shape[1:]), fps=fps, model=model_name)
+            result = AnalysisResult(sorted(thresholds), tuple(x.shape[1:]), fps=fps, model=model_name,
+                                    clean_up=clean_up)
             for t in result.thresholds:
                 result.changed[t], result.cone_speedup[t] = [], []
                 result.heat[t] = torch.zeros(x.shape[1:])
@@ -85,6 +93,8 @@ def analyze_frames(frames: Iterable[torch.Tensor], thresholds: list[int], *, mod
         else:
             for t in result.thresholds:
                 mask = (x - refs[t]).abs().amax(0) > t / 255
+                if policy is not None and t > 0:
+                    mask = policy.apply(mask[None, None].float())[0, 0] > 0
                 refs[t] = torch.where(mask, x, refs[t])
                 result.changed[t].append(float(mask.float().mean()))
                 result.heat[t] += mask
@@ -211,6 +221,9 @@ def _html(result, summary, plots, source) -> str:
         for name, data in plots.items()
     )
     fps_note = f"{result.fps:.2f} fps (from the source)" if result.fps else "25 fps (assumed: the source has no rate)"
+    clean_note = ("<p>Thresholds above 0 clean their change maps first (<code>--clean-up</code>: opening 1 px, "
+                  "blobs under 30 px dropped, dilation 2 px), and the reference follows the cleaned map.</p>"
+                  if result.clean_up else "")
     model_note = (f"<p>Model <code>{html.escape(result.model)}</code>: dense latency {result.dense_ms:.1f} ms "
                   f"per frame (median of 3, this machine). Savings assume {fps_note}; they are upper bounds for "
                   "exact mode (the cone is the minimum any exact method computes).</p>") if result.model else ""
@@ -222,7 +235,7 @@ img{{max-width:100%}}</style></head><body>
 <p>Source <code>{html.escape(source)}</code>: {result.frames} frames of {result.size[1]}x{result.size[0]}.
 A pixel counts as changed when its largest channel difference to the held reference exceeds the
 threshold; the reference is updated only there (what fxsparse computes).</p>
-{model_note}
+{clean_note}{model_note}
 <table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{''.join(rows)}</table>
 {imgs}
 <p>Numbers: <code>frames.csv</code>, <code>summary.json</code> next to this file.</p>

@@ -123,12 +123,14 @@ def _load(spec, weights):
 @click.option("--model", "spec", default=None, help="Also estimate the cone-ideal speedup of this model.")
 @click.option("--weights", default=None, help="State-dict file for the model.")
 @click.option("--thresholds", default="0,4,8,16", show_default=True, help="Input thresholds, 0-255 scale.")
+@click.option("--clean-up", is_flag=True,
+              help="Thresholds above 0 with the change mask's clean-up (as fxsparse run --clean-up).")
 @click.option("--size", default=None, help="Resize frames to HxW.")
 @click.option("--limit", default=None, type=int, help="Analyse at most this many frames.")
 @click.option("--fps", default=None, type=float, help="Frame rate for savings (default: the source's, else 25).")
 @click.option("--out", "out_dir", default="fxsparse-analysis", show_default=True, help="Output folder.")
 @click.pass_context
-def analyze(ctx, source, spec, weights, thresholds, size, limit, fps, out_dir):
+def analyze(ctx, source, spec, weights, thresholds, clean_up, size, limit, fps, out_dir):
     """How much of SOURCE (video file, image folder, camera index, URL) changes, and what it saves."""
     from tqdm import tqdm
 
@@ -142,11 +144,13 @@ def analyze(ctx, source, spec, weights, thresholds, size, limit, fps, out_dir):
         rate = fps or source_fps(source)
         bar = tqdm(total=limit, desc="analyze", unit="frame", file=sys.stderr)
         result = analyze_frames(read_frames(source, size=_size(size) if size else None, limit=limit), levels,
-                                model=model, model_name=spec, fps=rate, progress=lambda i: bar.update(1))
+                                model=model, model_name=spec, fps=rate, progress=lambda i: bar.update(1),
+                                clean_up=clean_up)
         bar.close()
         path = write_analysis(result, out_dir, source)
         for t, row in result.summary()["thresholds"].items():
-            line = f"threshold {t:>3}: median {row['median_changed']:.2%} of pixels changed"
+            cleaned = " + clean-up" if clean_up and int(t) > 0 else ""
+            line = f"threshold {t:>3}{cleaned}: median {row['median_changed']:.2%} of pixels changed"
             if "median_cone_speedup" in row:
                 line += f", cone-ideal {row['median_cone_speedup']:.2f}x"
             click.echo(line)

@@ -13,13 +13,11 @@ import torch
 from .energy import EnergyMeter
 from .outputs import max_rel_error
 from .overlay import first_logits, first_map, render
+from .input_policy import CLEAN_UP
 from .patch import PatchRunner
 from .transform import transform
 
 MODES = ("exact", "threshold", "patch")
-# the input mask's clean-up measured on CDnet highway (docs/thresholds.md; mobilenet_v2 at 16/255: 4.11x over
-# dense torch with it, 1.06-1.12x without, docs/performance.md)
-CLEAN_UP = {"input_open": 1, "input_min_area": 30, "input_dilate": 2}
 
 
 def make_runner(model, mode: str, threshold: float, transform_options: dict | None = None, clean_up: bool = False):

@@ -92,6 +92,21 @@ def test_run_writes_playable_video_and_json(clip, seg_model_file, tmp_path, mode
 
 
 @pytest.mark.skipif(not os.path.isdir(HIGHWAY), reason="shared CDnet highway frames not present")
+def test_analyze_with_clean_up_shows_fewer_changes_on_noisy_footage(tmp_path):
+    """--clean-up simulates the mask clean-up for thresholds above 0: on the highway clip it removes the noise
+    specks (fewer changed pixels, a larger cone-ideal speedup); threshold 0 stays as it was."""
+    args = ["analyze", HIGHWAY, "--model", "builtin:tiny", "--thresholds", "0,16", "--limit", "6", "--size", "60x80"]
+    plain = CliRunner().invoke(main, args + ["--out", str(tmp_path / "plain")])
+    cleaned = CliRunner().invoke(main, args + ["--clean-up", "--out", str(tmp_path / "clean")])
+    assert plain.exit_code == 0 and cleaned.exit_code == 0, plain.output + cleaned.output
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("plain", "clean"))
+    assert b["clean_up"] and not a["clean_up"] and "threshold  16 + clean-up" in cleaned.output
+    assert a["thresholds"]["0"] == b["thresholds"]["0"]
+    assert b["thresholds"]["16"]["median_changed"] < a["thresholds"]["16"]["median_changed"]
+    assert b["thresholds"]["16"]["median_cone_speedup"] > a["thresholds"]["16"]["median_cone_speedup"]
+
+
+@pytest.mark.skipif(not os.path.isdir(HIGHWAY), reason="shared CDnet highway frames not present")
 def test_run_on_cdnet_folder_with_classifier(tmp_path):
     video = tmp_path / "o.avi"
     result = CliRunner().invoke(main, ["run", HIGHWAY, "--model", "builtin:tiny", "--limit", "4", "--size", "60x80",
@@ -112,7 +127,8 @@ def test_run_on_cdnet_folder_with_classifier(tmp_path):
 def test_run_threshold_mode_with_clean_up(clip, seg_model_file, tmp_path):
     """--clean-up gives threshold mode the input mask's clean-up; with another mode it is refused before any
     output file exists."""
-    from fxsparse.run import CLEAN_UP, make_runner
+    from fxsparse.input_policy import CLEAN_UP
+    from fxsparse.run import make_runner
 
     result = CliRunner().invoke(main, ["run", clip, "--model", seg_model_file, "--mode", "threshold", "--threshold",
                                        "16", "--clean-up", "--out", str(tmp_path / "c.avi")])
