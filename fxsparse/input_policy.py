@@ -20,7 +20,6 @@ from .kernels import native
 from .kernels.morphology import max_filter
 from .rules.masks import box_of
 
-
 # The clean-up `fxsparse run` and `fxsparse analyze` apply with --clean-up, as transform options: measured on
 # CDnet highway (docs/thresholds.md; mobilenet_v2 at 16/255: 4.11x over dense torch with it, 1.06-1.12x
 # without, docs/performance.md)

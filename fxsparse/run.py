@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .energy import EnergyMeter
+from .input_policy import CLEAN_UP
 from .outputs import max_rel_error
 from .overlay import first_logits, first_map, render
-from .input_policy import CLEAN_UP
 from .patch import PatchRunner
 from .transform import transform
 
