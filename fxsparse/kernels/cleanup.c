@@ -115,8 +115,12 @@ static void drop_small(uint8_t* m, const uint8_t* flags, int64_t H, int64_t W, i
     }
 }
 
+/* Bytes of run scratch drop_small needs for an H x W mask: start, end, parent (int32), then area and the row
+ * starts (int64, 8-byte aligned). */
+#define RUNS_AREA_AT(max_runs) ((12 * (max_runs) + 7) / 8 * 8)
+
 /* out = the cleaned mask (out may be mask); counts[b]: its set pixels per stream. bytes: 2 * H * W + 2 * H;
- * runs: 20 * H * ((W + 1) / 2) + 8 * (H + 1) bytes (only when min_area > 1). */
+ * runs: RUNS_AREA_AT(m) + 8 * m + 8 * (H + 1) bytes for m = H * ((W + 1) / 2) (only when min_area > 1). */
 void fxsparse_clean_mask(const float* mask, float* out, int64_t B, int64_t H, int64_t W, int64_t open,
                          int64_t min_area, int64_t dilate, uint8_t* bytes, uint8_t* runs, int64_t* counts) {
     const int64_t HW = H * W, max_runs = H * ((W + 1) / 2);
@@ -142,8 +146,8 @@ void fxsparse_clean_mask(const float* mask, float* out, int64_t B, int64_t H, in
         }
         if (min_area > 1) {
             int32_t* start = (int32_t*)runs;
-            int64_t* area = (int64_t*)(runs + 12 * max_runs);
-            int64_t* row_first = (int64_t*)(runs + 20 * max_runs);
+            int64_t* area = (int64_t*)(runs + RUNS_AREA_AT(max_runs));
+            int64_t* row_first = area + max_runs;
             drop_small(a, flags, H, W, min_area, start, start + max_runs, start + 2 * max_runs, area, row_first);
         }
         if (dilate > 0) {

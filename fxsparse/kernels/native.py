@@ -363,7 +363,8 @@ def clean_mask(mask: torch.Tensor, open_radius: int, min_area: int, dilate: int)
     out = torch.empty_like(mask)
     counts = torch.empty(b, dtype=torch.int64)
     planes = _scratch_bytes("planes", 2 * h * w + 2 * h)
-    runs = _scratch_bytes("runs", 20 * h * ((w + 1) // 2) + 8 * (h + 1)) if min_area > 1 else planes
+    max_runs = h * ((w + 1) // 2)  # cleanup.c: int32 start, end, parent, then int64 area, row starts (aligned)
+    runs = _scratch_bytes("runs", (12 * max_runs + 7) // 8 * 8 + 8 * max_runs + 8 * (h + 1)) if min_area > 1 else planes
     lib.fxsparse_clean_mask(mask.data_ptr(), out.data_ptr(), b, h, w, open_radius, min_area, dilate,
                             planes.data_ptr(), runs.data_ptr(), counts.data_ptr())
     return out, counts.tolist()
