@@ -159,6 +159,7 @@ class Engine:
         self._ref_frame = x.clone()
         self._diff: torch.Tensor | None = None  # the per-frame difference's buffer (input_mask)
         self.input_counts: tuple[torch.Tensor, list[int]] | None = None  # (mask, its counts), from input_mask
+        self.input_box: tuple[torch.Tensor, Box | None] | None = None  # (mask, its box), from input_mask
         self._mirrors: dict[fx.Node, torch.Tensor] = {}  # Note [Output mirrors]
         self._stale_mirrors: set[fx.Node] = set()  # mirrors to refresh whole (after a dense pass)
         nodes = [n for n in gm.graph.nodes if n.op != "output"]
@@ -339,6 +340,12 @@ class Engine:
             return self.input_counts[1]
         return None
 
+    def known_box(self, mask: torch.Tensor) -> Box | None | bool:
+        """The box of input mask ``mask`` if :meth:`input_mask` found it (None: nothing changed), else False."""
+        if self.input_box is not None and self.input_box[0] is mask:
+            return self.input_box[1]
+        return False
+
     def stream_counts(self, node: fx.Node) -> list[int]:
         """Number of changed positions of the node per stream this frame (computed once per mask, as
         Python ints: the per-step decisions that read them then cost no tensor op). A sum over the box,
@@ -467,12 +474,12 @@ class Engine:
         if threshold == 0 and not full and (last_unchanged or not one_pass) and self._bitwise_equal(x):
             return None  # a static scene in exact mode: one comparison, nothing allocated
         # Note [Native input difference]: one pass over both frames writes the mask
-        self.input_counts = None
+        self.input_counts = self.input_box = None
         found = native.input_difference(x, self._ref_frame, threshold)
         if found is not None:
-            mask, largest, counts = found
+            mask, largest, counts, box = found
             if not full and not (policy is not None and policy.active):  # the mask returned is this one
-                self.input_counts = (mask, counts)
+                self.input_counts, self.input_box = (mask, counts), (mask, box)
         else:
             if self._diff is None or self._diff.shape != x.shape:
                 self._diff = torch.empty_like(x)  # reused: a fresh 5 MB tensor per frame costs page faults
@@ -522,6 +529,8 @@ class Engine:
         if (known := self.known_counts(mask_in)) is not None:
             self._counts[self.placeholder] = known  # counted by the one-pass difference: no sum over the mask
         self._boxes = {}
+        if (box := self.known_box(mask_in)) is not False:
+            self._boxes[self.placeholder] = box  # found by the one-pass difference: no pass over the mask
         self._same = {}
         per_stream = mask_in.shape[2] * mask_in.shape[3]
         stats = FrameStats(changed_fraction=[c / per_stream for c in self.stream_counts(self.placeholder)])

@@ -22,6 +22,7 @@ import fxsparse
 from conftest import assert_close_scaled, moving_object_frames
 from fxsparse import ops
 from fxsparse.kernels import native
+from fxsparse.rules.masks import box_of
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
 
@@ -396,7 +397,8 @@ def test_input_difference_is_pytorchs(channels, threshold):
     x[0, :, 10:20, 30:50] += torch.rand(channels, 10, 20, generator=g) * 0.3
     x[1, -1, 60:, :7] -= 0.05
     diff = (x - ref).abs().amax(1, keepdim=True)
-    mask, largest, counts = native.input_difference(x, ref, threshold)
+    mask, largest, counts, box = native.input_difference(x, ref, threshold)
+    assert box == box_of(mask)
     assert torch.equal(mask, (diff > threshold).float()) and largest == float(diff.max())
     assert counts == mask.flatten(1).sum(1).int().tolist()
     assert native.input_difference(ref.clone(), ref, 0.0)[1] == 0.0
@@ -406,6 +408,22 @@ def test_input_difference_is_pytorchs(channels, threshold):
         assert float(native.input_difference(y, ref, threshold)[1]) != float(diff.max())
         assert not torch.isfinite(torch.tensor(native.input_difference(y, ref, threshold)[1]))
     assert native.input_difference(x.double(), ref.double(), 0.0) is None  # float32 only: PyTorch's path
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_input_difference_box_spans_every_stream_and_rows_wider_than_a_piece(dtype):
+    """The one-pass difference's box covers the changes of all streams, in rows processed in pieces of 4096
+    pixels (the second piece's columns count from the row's start); no change: None."""
+    ref = torch.zeros(3, 2, 5, 9000, dtype=dtype)
+    assert native.input_difference(ref.clone(), ref, 0.0)[3] is None
+    x = ref.clone()
+    x[0, 1, 3, 8100] = 9  # in the third piece of row 3
+    x[2, 0, 1, 4095:4097] = 9  # straddling the first two pieces of row 1
+    mask, _, counts, box = native.input_difference(x, ref, 0.0)
+    assert box == (1, 4, 4095, 8101) and counts == [1, 0, 2]
+    rows, cols = mask.amax((0, 1, 3)).nonzero(), mask.amax((0, 1, 2)).nonzero()
+    assert box == (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
 
 
 @needs_native
@@ -462,7 +480,8 @@ def test_uint8_input_difference_is_max_minus_min(threshold):
     x[0, :, 5:15, 5:25] = torch.randint(0, 256, (3, 10, 20), generator=g, dtype=torch.uint8)  # either direction
     x[1, 2, 60:, :7] = ref[1, 2, 60:, :7] // 2  # below the reference only: x - ref would wrap around
     diff = (torch.maximum(x, ref) - torch.minimum(x, ref)).amax(1, keepdim=True)
-    mask, largest, counts = native.input_difference(x, ref, threshold)
+    mask, largest, counts, box = native.input_difference(x, ref, threshold)
+    assert box == box_of(mask)
     assert torch.equal(mask, (diff > threshold).float()) and largest == float(diff.max())
     assert counts == mask.flatten(1).sum(1).int().tolist()
     assert native.input_difference(ref.clone(), ref, 0.0)[1] == 0.0

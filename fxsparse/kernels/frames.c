@@ -24,44 +24,66 @@ static inline int as_int(int v) { return v; }
 
 /* One function per frame type T: DIFF(a, b) is |a - b| in T, IS_NAN(v) flags a bad difference; the
  * largest difference is kept in TOP, as ORDER(v) (int for uint8: the reduction vectorizes better than in
- * uint8), and turned back by UNORDER. */
+ * uint8), and turned back by UNORDER. Row by row (in pieces of at most 4096 pixels), so that a piece with
+ * changes gives the changed columns' range from its first and last change: box[0..3] = y0, y1, x0, x1 of the
+ * changes of every stream (y0 = H when none), which the engine would otherwise find in a second pass over the
+ * mask. */
 #define INPUT_DIFF(NAME, T, TOP, DIFF, IS_NAN, ORDER, UNORDER)                                                   \
-    void NAME(const T* x, const T* ref, float* mask, int64_t B, int64_t C, int64_t HW, float threshold,       \
-              int64_t* counts, float* largest) {                                                            \
+    void NAME(const T* x, const T* ref, float* mask, int64_t B, int64_t C, int64_t H, int64_t W,             \
+              float threshold, int64_t* counts, float* largest, int64_t* box) {                             \
+        const int64_t HW = H * W;                                                                           \
         TOP top = 0;                                                                                        \
         int bad = 0;                                                                                        \
+        int64_t y0 = H, y1 = 0, x0 = W, x1 = 0;                                                             \
         for (int64_t b = 0; b < B; ++b) {                                                                   \
             const T* xb = x + b * C * HW;                                                                   \
             const T* rb = ref + b * C * HW;                                                                 \
             float* mb = mask + b * HW;                                                                      \
             int64_t count = 0;                                                                              \
-            _Pragma("omp parallel for schedule(static) reduction(+ : count) reduction(max : top) reduction(| : bad)") \
-            for (int64_t p0 = 0; p0 < HW; p0 += 4096) {                                                     \
-                const int64_t p1 = p0 + 4096 < HW ? p0 + 4096 : HW;                                         \
-                T d[4096];                                                                                  \
-                for (int64_t p = p0; p < p1; ++p) d[p - p0] = DIFF(xb[p], rb[p]);                           \
-                for (int64_t c = 1; c < C; ++c) {                                                           \
-                    const T* xc = xb + c * HW;                                                              \
-                    const T* rc = rb + c * HW;                                                              \
-                    for (int64_t p = p0; p < p1; ++p) {                                                     \
-                        const T v = DIFF(xc[p], rc[p]);                                                     \
-                        d[p - p0] = v > d[p - p0] ? v : d[p - p0];                                          \
-                        bad |= IS_NAN(v);                                                                   \
+            _Pragma("omp parallel for schedule(static) reduction(+ : count) reduction(max : top, y1, x1) reduction(min : y0, x0) reduction(| : bad)") \
+            for (int64_t y = 0; y < H; ++y) {                                                               \
+                for (int64_t c0 = 0; c0 < W; c0 += 4096) {                                                  \
+                    const int64_t n = W - c0 < 4096 ? W - c0 : 4096, p0 = y * W + c0;                       \
+                    T d[4096];                                                                              \
+                    for (int64_t i = 0; i < n; ++i) d[i] = DIFF(xb[p0 + i], rb[p0 + i]);                    \
+                    for (int64_t c = 1; c < C; ++c) {                                                       \
+                        const T* xc = xb + c * HW + p0;                                                     \
+                        const T* rc = rb + c * HW + p0;                                                     \
+                        for (int64_t i = 0; i < n; ++i) {                                                   \
+                            const T v = DIFF(xc[i], rc[i]);                                                 \
+                            d[i] = v > d[i] ? v : d[i];                                                     \
+                            bad |= IS_NAN(v);                                                               \
+                        }                                                                                   \
                     }                                                                                       \
-                }                                                                                           \
-                for (int64_t p = p0; p < p1; ++p) {                                                         \
-                    const T v = d[p - p0];                                                                  \
-                    bad |= IS_NAN(v);                                                                       \
-                    const int changed = (float)v > threshold;                                               \
-                    mb[p] = (float)changed;                                                                 \
-                    count += changed;                                                                       \
-                    const TOP o = ORDER(v);                                                                 \
-                    top = o > top ? o : top;                                                                \
+                    int64_t piece = 0;                                                                      \
+                    for (int64_t i = 0; i < n; ++i) {                                                       \
+                        const T v = d[i];                                                                   \
+                        bad |= IS_NAN(v);                                                                   \
+                        const int changed = (float)v > threshold;                                           \
+                        mb[p0 + i] = (float)changed;                                                        \
+                        piece += changed;                                                                   \
+                        const TOP o = ORDER(v);                                                             \
+                        top = o > top ? o : top;                                                            \
+                    }                                                                                       \
+                    if (piece) { /* the piece's first and last change, searched only where it has one */    \
+                        int64_t lo = 0, hi = n - 1;                                                         \
+                        while (!(mb[p0 + lo] > 0.f)) ++lo;                                                  \
+                        while (!(mb[p0 + hi] > 0.f)) --hi;                                                  \
+                        count += piece;                                                                     \
+                        y0 = y < y0 ? y : y0;                                                               \
+                        y1 = y + 1 > y1 ? y + 1 : y1;                                                       \
+                        x0 = c0 + lo < x0 ? c0 + lo : x0;                                                   \
+                        x1 = c0 + hi + 1 > x1 ? c0 + hi + 1 : x1;                                           \
+                    }                                                                                       \
                 }                                                                                           \
             }                                                                                               \
             counts[b] = count;                                                                              \
         }                                                                                                   \
         *largest = bad ? NAN : (float)UNORDER(top);                                                         \
+        box[0] = y0;                                                                                        \
+        box[1] = y1;                                                                                        \
+        box[2] = x0;                                                                                        \
+        box[3] = x1;                                                                                        \
     }
 
 #define FLOAT_IS_NAN(v) ((v) != (v))

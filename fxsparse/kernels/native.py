@@ -136,7 +136,7 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     lib.fxsparse_window_max.argtypes = [ptr, ptr]
     lib.fxsparse_mask_box.argtypes = [ptr, i64, i64, i64, ptr]
     lib.fxsparse_mask_box.restype = None
-    lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 3 + [ctypes.c_float, ptr, ptr]
+    lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 4 + [ctypes.c_float, ptr, ptr, ptr]
     lib.fxsparse_input_diff_u8.argtypes = lib.fxsparse_input_diff.argtypes
     for size in (1, 2, 4):
         getattr(lib, f"fxsparse_update_reference_{size}").argtypes = [ptr] * 4 + [i64] * 8
@@ -322,10 +322,11 @@ def update_reference(x: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor, mas
 
 
 def input_difference(x: torch.Tensor, ref: torch.Tensor,
-                     threshold: float) -> tuple[torch.Tensor, float, list[int]] | None:
+                     threshold: float) -> tuple[torch.Tensor, float, list[int], tuple | None] | None:
     """(mask ``[B, 1, H, W]`` of ``max_c |x - ref| > threshold`` as float 0/1, the largest difference: NaN
-    when one is NaN, the changed pixels per stream) for float32 or uint8 NCHW frames (Note [Native input
-    difference]; uint8: ``max - min``, Note [Integer frames]); None where it cannot."""
+    when one is NaN, the changed pixels per stream, the changes' bounding box over every stream (y0, y1, x0,
+    x1), None when none) for float32 or uint8 NCHW frames (Note [Native input difference]; uint8: ``max -
+    min``, Note [Integer frames]); None where it cannot."""
     if x.dtype not in (torch.float32, torch.uint8) or ref.dtype != x.dtype or x.dim() != 4 or x.shape != ref.shape:
         return None
     if not (x.is_contiguous() and ref.is_contiguous()):
@@ -335,10 +336,11 @@ def input_difference(x: torch.Tensor, ref: torch.Tensor,
         return None
     b, c, h, w = x.shape
     mask = torch.empty(b, 1, h, w)
-    counts, largest = torch.empty(b, dtype=torch.int64), torch.empty(1)
+    counts, largest, box = torch.empty(b, dtype=torch.int64), torch.empty(1), array.array("q", (0, 0, 0, 0))
     fn = lib.fxsparse_input_diff if x.dtype == torch.float32 else lib.fxsparse_input_diff_u8
-    fn(x.data_ptr(), ref.data_ptr(), mask.data_ptr(), b, c, h * w, threshold, counts.data_ptr(), largest.data_ptr())
-    return mask, float(largest), counts.tolist()
+    fn(x.data_ptr(), ref.data_ptr(), mask.data_ptr(), b, c, h, w, threshold, counts.data_ptr(), largest.data_ptr(),
+       box.buffer_info()[0])
+    return mask, float(largest), counts.tolist(), None if box[0] >= box[1] else tuple(box)
 
 
 def _scratch_bytes(name: str, n: int) -> torch.Tensor:
