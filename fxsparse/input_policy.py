@@ -52,10 +52,11 @@ class InputPolicy:
         """Clean a 0/1 ``[B, 1, H, W]`` mask (float) and return the new mask."""
         return self.clean(mask)[0]
 
-    def clean(self, mask: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
-        """(the cleaned mask, its changed pixels per stream, or None where they were not counted)."""
+    def clean(self, mask: torch.Tensor) -> tuple[torch.Tensor, list[int] | None, tuple | None | bool]:
+        """(the cleaned mask, its changed pixels per stream, their bounding box over every stream (None: nothing
+        changed)); the last two None and False where they were not found on the way."""
         found = native.clean_mask(mask, self.open, self.min_area, self.dilate)
-        return found if found is not None else (self.apply_torch(mask), None)
+        return found if found is not None else (self.apply_torch(mask), None, False)
 
     def apply_torch(self, mask: torch.Tensor) -> torch.Tensor:
         """:meth:`apply` in PyTorch and scipy (without the native kernels)."""

@@ -496,11 +496,11 @@ class Engine:
         if mask is None:  # float32 0/1 in one pass, whatever the compute dtype: every mask is float32 (Note [Change rules])
             mask = torch.gt(diff, threshold, out=torch.empty(diff.shape))
         if policy is not None and policy.active:
-            mask, counts = policy.clean(mask)
+            mask, counts, box = policy.clean(mask)
             if not full and not (any(counts) if counts is not None else bool(mask.any())):
                 return None
             if not full and counts is not None:
-                self.input_counts = (mask, counts)
+                self.input_counts, self.input_box = (mask, counts), (mask, box)
         if full:
             mask[full_streams] = 1.0
         return mask

@@ -506,7 +506,9 @@ def _clean_both(mask, open_radius, min_area, dilate):
     from fxsparse.input_policy import InputPolicy
 
     expected = InputPolicy(open=open_radius, min_area=min_area, dilate=dilate).apply_torch(mask)
-    got, counts = native.clean_mask(mask, open_radius, min_area, dilate)
+    got, counts, box = native.clean_mask(mask, open_radius, min_area, dilate)
+    rows, cols = expected.amax((0, 1, 3)).nonzero(), expected.amax((0, 1, 2)).nonzero()
+    assert box == (None if len(rows) == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1))
     return got, counts, expected
 
 

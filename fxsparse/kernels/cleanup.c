@@ -119,12 +119,15 @@ static void drop_small(uint8_t* m, const uint8_t* flags, int64_t H, int64_t W, i
  * starts (int64, 8-byte aligned). */
 #define RUNS_AREA_AT(max_runs) ((12 * (max_runs) + 7) / 8 * 8)
 
-/* out = the cleaned mask (out may be mask); counts[b]: its set pixels per stream. bytes: 2 * H * W + 2 * H;
- * runs: RUNS_AREA_AT(m) + 8 * m + 8 * (H + 1) bytes for m = H * ((W + 1) / 2) (only when min_area > 1). */
+/* out = the cleaned mask (out may be mask); counts[b]: its set pixels per stream; box[0..3] = y0, y1, x0, x1 of
+ * its set pixels over every stream (y0 = H when none). bytes: 2 * H * W + 2 * H; runs: RUNS_AREA_AT(m) + 8 * m
+ * + 8 * (H + 1) bytes for m = H * ((W + 1) / 2) (only when min_area > 1). */
 void fxsparse_clean_mask(const float* mask, float* out, int64_t B, int64_t H, int64_t W, int64_t open,
-                         int64_t min_area, int64_t dilate, uint8_t* bytes, uint8_t* runs, int64_t* counts) {
+                         int64_t min_area, int64_t dilate, uint8_t* bytes, uint8_t* runs, int64_t* counts,
+                         int64_t* box) {
     const int64_t HW = H * W, max_runs = H * ((W + 1) / 2);
     uint8_t *a = bytes, *t = bytes + HW, *flags = bytes + 2 * HW, *flags2 = flags + H;
+    int64_t y0 = H, y1 = 0, x0 = W, x1 = 0;
     for (int64_t b = 0; b < B; ++b) {
         const float* m = mask + b * HW;
         float* o = out + b * HW;
@@ -156,18 +159,34 @@ void fxsparse_clean_mask(const float* mask, float* out, int64_t B, int64_t H, in
             memcpy(flags, flags2, (size_t)H);
         }
         int64_t count = 0;
-        #pragma omp parallel for schedule(static) reduction(+ : count) if (HW > 200000)
+        #pragma omp parallel for schedule(static) reduction(+ : count) reduction(min : y0, x0) \
+            reduction(max : y1, x1) if (HW > 200000)
         for (int64_t y = 0; y < H; ++y) {
             float* row = o + y * W;
+            const uint8_t* r = a + y * W;
             if (!flags[y]) {
                 memset(row, 0, (size_t)W * sizeof(float));
                 continue;
             }
+            int64_t line = 0;
             for (int64_t x = 0; x < W; ++x) {
-                row[x] = (float)a[y * W + x];
-                count += a[y * W + x];
+                row[x] = (float)r[x];
+                line += r[x];
             }
+            if (!line) continue;
+            int64_t lo = 0, hi = W - 1;  /* the row's first and last set pixel, searched only where it has one */
+            while (!r[lo]) ++lo;
+            while (!r[hi]) --hi;
+            count += line;
+            y0 = y < y0 ? y : y0;
+            y1 = y + 1 > y1 ? y + 1 : y1;
+            x0 = lo < x0 ? lo : x0;
+            x1 = hi + 1 > x1 ? hi + 1 : x1;
         }
         counts[b] = count;
     }
+    box[0] = y0;
+    box[1] = y1;
+    box[2] = x0;
+    box[3] = x1;
 }

@@ -141,7 +141,7 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     for size in (1, 2, 4):
         getattr(lib, f"fxsparse_update_reference_{size}").argtypes = [ptr] * 4 + [i64] * 8
         getattr(lib, f"fxsparse_update_reference_{size}").restype = None
-    lib.fxsparse_clean_mask.argtypes = [ptr] * 2 + [i64] * 6 + [ptr] * 3
+    lib.fxsparse_clean_mask.argtypes = [ptr] * 2 + [i64] * 6 + [ptr] * 4
     lib.fxsparse_clean_mask.restype = None
     lib.fxsparse_bytes_equal.argtypes = [ptr, ptr, i64]
     lib.fxsparse_bytes_equal.restype = ctypes.c_int
@@ -352,10 +352,11 @@ def _scratch_bytes(name: str, n: int) -> torch.Tensor:
     return buf
 
 
-def clean_mask(mask: torch.Tensor, open_radius: int, min_area: int, dilate: int) -> tuple[torch.Tensor, list[int]] | None:
-    """(the cleaned mask, its set pixels per stream): the input policy's opening, minimum blob area (8-connected)
-    and dilation on a 0/1 float32 mask ``[B, 1, H, W]`` in one call (Note [Native mask clean-up]); None where
-    it cannot."""
+def clean_mask(mask: torch.Tensor, open_radius: int, min_area: int,
+               dilate: int) -> tuple[torch.Tensor, list[int], tuple | None] | None:
+    """(the cleaned mask, its set pixels per stream, their bounding box over every stream or None): the input
+    policy's opening, minimum blob area (8-connected) and dilation on a 0/1 float32 mask ``[B, 1, H, W]`` in one
+    call (Note [Native mask clean-up]); None where it cannot."""
     if mask.dtype != torch.float32 or mask.dim() != 4 or mask.shape[1] != 1 or not mask.is_contiguous():
         return None
     lib = _library()
@@ -367,6 +368,7 @@ def clean_mask(mask: torch.Tensor, open_radius: int, min_area: int, dilate: int)
     planes = _scratch_bytes("planes", 2 * h * w + 2 * h)
     max_runs = h * ((w + 1) // 2)  # cleanup.c: int32 start, end, parent, then int64 area, row starts (aligned)
     runs = _scratch_bytes("runs", (12 * max_runs + 7) // 8 * 8 + 8 * max_runs + 8 * (h + 1)) if min_area > 1 else planes
+    box = array.array("q", (0, 0, 0, 0))
     lib.fxsparse_clean_mask(mask.data_ptr(), out.data_ptr(), b, h, w, open_radius, min_area, dilate,
-                            planes.data_ptr(), runs.data_ptr(), counts.data_ptr())
-    return out, counts.tolist()
+                            planes.data_ptr(), runs.data_ptr(), counts.data_ptr(), box.buffer_info()[0])
+    return out, counts.tolist(), None if box[0] >= box[1] else tuple(box)
