@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import fxsparse
+from fxsparse.kernels.rows import RowCache
 
 # (name in the graph, kernel, stride, padding, dilation) of a chain of window layers
 CHAIN = [("0", 3, 1, 1, 1), ("2", 3, 2, 1, 1), ("3", 3, 2, 1, 1), ("4", 5, 1, 4, 2), ("5", 1, 1, 0, 1)]
@@ -73,6 +74,22 @@ def test_first_frame_is_dense_and_stats_add_up():
     assert s.macs_dense == sum(layer.macs_dense for layer in s.layers)
     assert s.cache_bytes > 0
     assert "total: dense" in str(s)
+
+
+def test_cache_bytes_is_the_caches_memory_after_every_kind_of_frame():
+    """cache_bytes is summed once per stream set (the caches keep their sizes): after sparse, unchanged, dense
+    and partly reset frames it must still be every cache's bytes, the reference frame's and the outputs'."""
+    sm = fxsparse.transform(_chain_net())
+    x = torch.rand(2, 2, 17, 21)
+    y = x.clone()
+    y[:, :, 3:6, 4:9] += 1
+    for frame, reset in ((x, None), (y, None), (y, None), (1 - y, None), (x, [1])):
+        if reset:
+            sm.reset(streams=reset)
+        sm(frame)
+        engine = sm._engine
+        caches = sum(v.nbytes for v in engine.values.values() if isinstance(v, RowCache))
+        assert caches > 0 and sm.stats.cache_bytes == engine.cache_bytes() >= caches + x.numel() * 4
 
 
 def test_macs_dense_counts_conv_macs():
