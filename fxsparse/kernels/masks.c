@@ -12,34 +12,46 @@ static void window_max(const float* mask, float* out, int64_t B, int64_t H, int6
     /* the input columns the box reads */
     const int64_t ix0 = ox0 * sw - pl < 0 ? 0 : ox0 * sw - pl;
     const int64_t ix1 = (ox1 - 1) * sw - pl + (KW - 1) * dw + 1 > W ? W : (ox1 - 1) * sw - pl + (KW - 1) * dw + 1;
+    const int64_t span = ix1 - ix0;
     for (int64_t b = 0; b < B; ++b) {
+        if (span <= 0) {  /* every window reads padding only */
+            for (int64_t oy = oy0; oy < oy1; ++oy)
+                for (int64_t ox = ox0; ox < ox1; ++ox) out[(b * Ho + oy) * Wo + ox] = 0.f;
+            if (counts) counts[b] = 0;
+            continue;
+        }
         const float* m = mask + b * H * W;
         float* o = out + b * Ho * Wo;
         int64_t count = 0;
+        #pragma omp parallel for schedule(static) reduction(+ : count) \
+            if ((oy1 - oy0) * (span * KH + (ox1 - ox0) * KW) > 400000)
         for (int64_t oy = oy0; oy < oy1; ++oy) {
-            /* rows without a change in the columns read write zeros at once: one box spans every stream's
-             * changes, so most of another stream's rows are empty (mobilenet_v2, 4 streams: 6.3 -> 2.7 ms per frame) */
-            int any = 0;
-            for (int64_t ky = 0; ky < KH && !any; ++ky) {
+            /* separably: each column's maximum over the window's rows (a vector loop), then each output's over
+             * its columns. A row without a change in the columns read writes zeros at once: one box spans every
+             * stream's changes, so most of another stream's rows are empty (mobilenet_v2, 4 streams: 6.3 -> 2.7
+             * ms per frame) */
+            float column[span];
+            for (int64_t i = 0; i < span; ++i) column[i] = 0.f;
+            for (int64_t ky = 0; ky < KH; ++ky) {
                 const int64_t iy = oy * sh - pt + ky * dh;
                 if (iy < 0 || iy >= H) continue;
-                for (int64_t ix = ix0; ix < ix1; ++ix) any |= m[iy * W + ix] > 0.f;
+                const float* r = m + iy * W + ix0;
+                for (int64_t i = 0; i < span; ++i) column[i] = r[i] > column[i] ? r[i] : column[i];
             }
+            int any = 0;
+            for (int64_t i = 0; i < span; ++i) any |= column[i] > 0.f;
+            float* row = o + oy * Wo;
             if (!any) {
-                for (int64_t ox = ox0; ox < ox1; ++ox) o[oy * Wo + ox] = 0.f;
+                for (int64_t ox = ox0; ox < ox1; ++ox) row[ox] = 0.f;
                 continue;
             }
             for (int64_t ox = ox0; ox < ox1; ++ox) {
                 float v = 0.f;
-                for (int64_t ky = 0; ky < KH; ++ky) {
-                    const int64_t iy = oy * sh - pt + ky * dh;
-                    if (iy < 0 || iy >= H) continue;
-                    for (int64_t kx = 0; kx < KW; ++kx) {
-                        const int64_t ix = ox * sw - pl + kx * dw;
-                        if (ix >= 0 && ix < W && m[iy * W + ix] > v) v = m[iy * W + ix];
-                    }
+                for (int64_t kx = 0; kx < KW; ++kx) {
+                    const int64_t ix = ox * sw - pl + kx * dw;  /* in the image: within [ix0, ix1) */
+                    if (ix >= 0 && ix < W && column[ix - ix0] > v) v = column[ix - ix0];
                 }
-                o[oy * Wo + ox] = v;
+                row[ox] = v;
                 count += v > 0.f;
             }
         }

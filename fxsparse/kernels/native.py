@@ -28,7 +28,9 @@ NATIVE_CONV_MAX_WEIGHTS; beyond, MKL's blocked GEMM wins).
 
 Note [Native mask footprint]: ``masks.c`` writes a window op's change mask (max over each output's window,
 zero outside the image) straight into the output box, instead of crop, pad, shifted-slice maxima and copy
-(30-64 -> 10-27 us per layer, isolated).
+(30-64 -> 10-27 us per layer, isolated); separably (each column's maximum over the window's rows as a vector
+loop, then each output's over its columns) and on both cores for large boxes: 0.10-0.44x of the tap-by-tap
+loop's time (a 720x1280 mask at 5%, 3x3 stride 2: 215 -> 77 us).
 
 Note [Native input difference]: ``frames.c`` computes a float32 frame's change mask in one pass over the
 frame and the reference (the largest channel difference per pixel against the threshold, written as the
