@@ -358,6 +358,21 @@ def test_mask_footprint_is_max_pooling_of_the_zero_padded_mask(data):
     assert (out == 7.0).all()  # nothing outside the box
 
 
+@needs_native
+@pytest.mark.parametrize("kernel,stride", [(3, 2), (5, 1)])
+def test_mask_footprint_of_a_large_box_on_both_cores(kernel, stride):
+    """A box large enough that the footprint's rows are shared among the threads: the same mask and counts as
+    max pooling."""
+    g = torch.Generator().manual_seed(kernel)
+    mask = (torch.rand(2, 1, 360, 640, generator=g) > 0.97).float()
+    pad = kernel // 2
+    expected = F.max_pool2d(F.pad(mask, (pad, pad, pad, pad)), kernel, stride)
+    out, counts = torch.full_like(expected, 7.0), torch.zeros(2, dtype=torch.int64)
+    box = (0, expected.shape[2], 0, expected.shape[3])
+    assert native.window_max(mask, out, (kernel, kernel), (stride, stride), (pad, pad), (1, 1), box, counts)
+    assert torch.equal(out, expected) and counts.tolist() == (expected > 0).flatten(1).sum(1).tolist()
+
+
 @pytest.mark.parametrize("use_native", [True, False])
 @given(st.data())
 def test_footprint_into_a_stale_buffer_equals_a_fresh_one(use_native, data):
