@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common.h"
+
 /* The passes keep a flag per row: 0 when the row is surely empty (its pass then writes zeros without reading
  * the rows); after the opening most rows of a noisy static scene are. */
 
@@ -174,19 +176,12 @@ void fxsparse_clean_mask(const float* mask, float* out, int64_t B, int64_t H, in
                 line += r[x];
             }
             if (!line) continue;
-            int64_t lo = 0, hi = W - 1;  /* the row's first and last set pixel, searched only where it has one */
-            while (!r[lo]) ++lo;
-            while (!r[hi]) --hi;
+            int64_t lo, hi;
+            SET_EXTENT(r, W, IS_SET_U8, lo, hi);
             count += line;
-            y0 = y < y0 ? y : y0;
-            y1 = y + 1 > y1 ? y + 1 : y1;
-            x0 = lo < x0 ? lo : x0;
-            x1 = hi + 1 > x1 ? hi + 1 : x1;
+            GROW_BOX(y, lo, hi);
         }
         counts[b] = count;
     }
-    box[0] = y0;
-    box[1] = y1;
-    box[2] = x0;
-    box[3] = x1;
+    PUT_BOX(box);
 }

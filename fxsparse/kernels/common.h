@@ -77,6 +77,34 @@ static inline void interior(int64_t pl, int64_t sw, int64_t w, int64_t kw, int64
  * in turn instead of in contiguous halves (depthwise.c). */
 #define SCATTERED(changed, lines, width) ((changed) * 4 < (lines) * (width))
 
+/* A mask's bounding box, found while a kernel passes over the mask anyway (input difference, clean-up, mask
+ * box): a row, or a piece of one, with set entries gives its first and last one, searched only there
+ * (SET_EXTENT); GROW_BOX widens the caller's y0, y1, x0, x1 (OpenMP min / max reductions) by row y's columns
+ * [lo, hi]; PUT_BOX stores them (y0 = H when nothing is set). */
+#define SET_EXTENT(r, n, IS_SET, lo, hi) \
+    do {                                 \
+        lo = 0;                          \
+        hi = (n) - 1;                    \
+        while (!IS_SET((r)[lo])) ++lo;   \
+        while (!IS_SET((r)[hi])) --hi;   \
+    } while (0)
+#define GROW_BOX(y, lo, hi)                           \
+    do {                                              \
+        y0 = (y) < y0 ? (y) : y0;                     \
+        y1 = (y) + 1 > y1 ? (y) + 1 : y1;             \
+        x0 = (lo) < x0 ? (lo) : x0;                   \
+        x1 = (hi) + 1 > x1 ? (hi) + 1 : x1;           \
+    } while (0)
+#define PUT_BOX(box) \
+    do {             \
+        box[0] = y0; \
+        box[1] = y1; \
+        box[2] = x0; \
+        box[3] = x1; \
+    } while (0)
+#define IS_SET_F32(v) ((v) > 0.f)
+#define IS_SET_U8(v) ((v) != 0)
+
 /* Note [Native call arguments] (native.py): the per-call kernels take their arguments as one int64 array
  * (pointers as integers, 0 for NULL) and one float array; A(T, i) reads entry i as T. */
 #define A(T, i) ((T)(intptr_t)a[i])

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common.h"
+
 static inline float diff_f32(float a, float b) { return fabsf(a - b); }
 static inline uint8_t diff_u8(uint8_t a, uint8_t b) { return a > b ? a - b : b - a; }
 /* A float's bits as an unsigned integer: for |differences| (no sign bit) the same order as the floats, so the
@@ -65,25 +67,18 @@ static inline int as_int(int v) { return v; }
                         const TOP o = ORDER(v);                                                             \
                         top = o > top ? o : top;                                                            \
                     }                                                                                       \
-                    if (piece) { /* the piece's first and last change, searched only where it has one */    \
-                        int64_t lo = 0, hi = n - 1;                                                         \
-                        while (!(mb[p0 + lo] > 0.f)) ++lo;                                                  \
-                        while (!(mb[p0 + hi] > 0.f)) --hi;                                                  \
+                    if (piece) {                                                                            \
+                        int64_t lo, hi;                                                                     \
+                        SET_EXTENT(mb + p0, n, IS_SET_F32, lo, hi);                                         \
                         count += piece;                                                                     \
-                        y0 = y < y0 ? y : y0;                                                               \
-                        y1 = y + 1 > y1 ? y + 1 : y1;                                                       \
-                        x0 = c0 + lo < x0 ? c0 + lo : x0;                                                   \
-                        x1 = c0 + hi + 1 > x1 ? c0 + hi + 1 : x1;                                           \
+                        GROW_BOX(y, c0 + lo, c0 + hi);                                                      \
                     }                                                                                       \
                 }                                                                                           \
             }                                                                                               \
             counts[b] = count;                                                                              \
         }                                                                                                   \
         *largest = bad ? NAN : (float)UNORDER(top);                                                         \
-        box[0] = y0;                                                                                        \
-        box[1] = y1;                                                                                        \
-        box[2] = x0;                                                                                        \
-        box[3] = x1;                                                                                        \
+        PUT_BOX(box);                                                                                       \
     }
 
 #define FLOAT_IS_NAN(v) ((v) != (v))

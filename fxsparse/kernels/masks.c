@@ -80,16 +80,9 @@ void fxsparse_mask_box(const float* mask, int64_t B, int64_t H, int64_t W, int64
         for (int64_t x = 0; x < W; ++x) count += m[x] > 0.f;
         if (!count) continue;
         const int64_t y = line % H;
-        int64_t first = 0, last = W - 1;
-        while (!(m[first] > 0.f)) ++first;
-        while (!(m[last] > 0.f)) --last;
-        y0 = y < y0 ? y : y0;
-        y1 = y + 1 > y1 ? y + 1 : y1;
-        x0 = first < x0 ? first : x0;
-        x1 = last + 1 > x1 ? last + 1 : x1;
+        int64_t first, last;
+        SET_EXTENT(m, W, IS_SET_F32, first, last);
+        GROW_BOX(y, first, last);
     }
-    box[0] = y0;
-    box[1] = y1;
-    box[2] = x0;
-    box[3] = x1;
+    PUT_BOX(box);
 }

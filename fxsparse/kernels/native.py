@@ -1,6 +1,6 @@
 """Small C kernels that work on the caches and masks in place, compiled on first use with the system's C
-compiler and loaded with ctypes (one library from ``depthwise.c``, ``conv.c``, ``masks.c`` and ``frames.c``;
-``common.h`` holds what they share: vector types, activations, window bounds).
+compiler and loaded with ctypes (one library from ``depthwise.c``, ``conv.c``, ``masks.c``, ``frames.c`` and
+``cleanup.c``; ``common.h`` holds what they share: vector types, activations, window bounds, mask boxes).
 
 Note [Native depthwise]: a depthwise conv went through oneDNN on a crop of its changed box: a copy of the
 input crop, the conv into a fresh tensor, a copy of the result back into the cache, and oneDNN's per-call
