@@ -3,7 +3,8 @@ kernels read and write the caches in place; they must equal PyTorch's conv (bias
 included) at the changed positions of the box they are given, touch nothing else, decline what they cannot
 run, and fxsparse must stay exact with them and without them. Note [Native mask footprint]: a window's
 footprint on a 0/1 mask equals max pooling of the zero-padded mask inside the box. Note [Native input
-difference]: the input mask and the largest difference equal PyTorch's, NaN and inf included."""
+difference]: the input mask and the largest difference equal PyTorch's, NaN and inf included. Note [Native
+bilinear upsample]: F.interpolate's values to float rounding, for every layout and way of sizing."""
 
 import os
 import subprocess
@@ -596,3 +597,44 @@ def test_native_mask_box_is_the_bounding_box_of_every_streams_changes(data):
     expected = None if len(rows) == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
     assert native.mask_box(mask) == expected
     assert native.mask_box(mask.bool()) is False  # not a float mask: the caller's PyTorch path
+
+
+@needs_native
+@given(st.data())
+def test_native_bilinear_upsample_equals_interpolate(data):
+    """ops.interpolate_into's bilinear float32 path (native): F.interpolate's values to float rounding, sized by
+    output size or scale factor (with and without recompute), align_corners either way, for NCHW, channels-last
+    and strided inputs, shrinking as well as growing."""
+    b, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 4))
+    hi, wi = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    x = torch.randn(b, c, hi, wi + 3, generator=g)
+    layout = data.draw(st.sampled_from(["nchw", "channels_last", "strided"]))
+    x = x[..., :wi] if layout == "strided" else x[..., :wi].contiguous()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    align = data.draw(st.sampled_from([False, True, None]))
+    if data.draw(st.booleans()):
+        size, scale, recompute = (data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40))), None, None
+    else:
+        size = None
+        scale = (data.draw(st.floats(0.5, 4.0)), data.draw(st.floats(0.5, 4.0)))
+        if int(hi * scale[0]) < 1 or int(wi * scale[1]) < 1:
+            scale = (2.0, 2.0)  # F.interpolate refuses an empty output
+        recompute = data.draw(st.sampled_from([None, True]))
+    expected = F.interpolate(x, size=size, scale_factor=scale, mode="bilinear", align_corners=align,
+                             recompute_scale_factor=recompute)
+    out = torch.full(expected.shape, float("nan"))
+    assert ops.interpolate_into(out, x, size, scale, "bilinear", align, recompute)
+    torch.testing.assert_close(out, expected, rtol=0, atol=4e-7 * max(1.0, float(x.abs().max())))
+
+
+@needs_native
+def test_native_bilinear_upsample_declines_what_it_cannot_run():
+    x, out = torch.randn(1, 2, 4, 4), torch.empty(1, 2, 8, 8)
+    assert native.upsample_bilinear(x, out, False, (None, None))
+    assert not native.upsample_bilinear(x.double(), out, False, (None, None))
+    assert not native.upsample_bilinear(x, out.double(), False, (None, None))
+    assert not native.upsample_bilinear(x, torch.empty(1, 2, 8, 16)[..., ::2], False, (None, None))  # strided out
+    assert not native.upsample_bilinear(x, torch.empty(1, 3, 8, 8), False, (None, None))  # channels differ
+    assert not native.upsample_bilinear(x[:, :, :0], torch.empty(1, 2, 0, 8), False, (None, None))  # empty

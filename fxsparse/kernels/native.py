@@ -1,6 +1,6 @@
 """Small C kernels that work on the caches and masks in place, compiled on first use with the system's C
-compiler and loaded with ctypes (one library from ``depthwise.c``, ``conv.c``, ``masks.c``, ``frames.c`` and
-``cleanup.c``; ``common.h`` holds what they share: vector types, activations, window bounds, mask boxes).
+compiler and loaded with ctypes (one library from ``depthwise.c``, ``conv.c``, ``masks.c``, ``frames.c``,
+``cleanup.c`` and ``resample.c``; ``common.h`` holds what they share: vector types, activations, window bounds, mask boxes).
 
 Note [Native depthwise]: a depthwise conv went through oneDNN on a crop of its changed box: a copy of the
 input crop, the conv into a fresh tensor, a copy of the result back into the cache, and oneDNN's per-call
@@ -68,7 +68,8 @@ import threading
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "conv.c", "masks.c", "frames.c", "cleanup.c")]
+_SOURCES = [os.path.join(_HERE, name) for name in ("depthwise.c", "conv.c", "masks.c", "frames.c", "cleanup.c",
+                                                                 "resample.c")]
 _HEADERS = [os.path.join(_HERE, "common.h")]  # part of the library's key: a changed header rebuilds it
 _ACTIVATIONS = {None: (0, 0.0, 0.0), ("relu",): (1, 0.0, 0.0), ("hardswish",): (3, 0.0, 0.0)}
 _lock = threading.Lock()
@@ -136,6 +137,7 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     lib.fxsparse_depthwise_masked.argtypes = [ptr, ptr]  # Note [Native call arguments]
     lib.fxsparse_conv_masked.argtypes = [ptr, ptr]
     lib.fxsparse_window_max.argtypes = [ptr, ptr]
+    lib.fxsparse_upsample_bilinear.argtypes = [ptr, ptr]
     lib.fxsparse_mask_box.argtypes = [ptr, i64, i64, i64, ptr]
     lib.fxsparse_mask_box.restype = None
     lib.fxsparse_input_diff.argtypes = [ptr] * 3 + [i64] * 4 + [ctypes.c_float, ptr, ptr, ptr]
@@ -147,7 +149,7 @@ def _compiled(compiler: str, flags: list[str]) -> ctypes.CDLL:
     lib.fxsparse_clean_mask.restype = None
     lib.fxsparse_bytes_equal.argtypes = [ptr, ptr, i64]
     lib.fxsparse_bytes_equal.restype = ctypes.c_int
-    for fn in (lib.fxsparse_depthwise_masked, lib.fxsparse_conv_masked,
+    for fn in (lib.fxsparse_depthwise_masked, lib.fxsparse_conv_masked, lib.fxsparse_upsample_bilinear,
                lib.fxsparse_window_max, lib.fxsparse_input_diff, lib.fxsparse_input_diff_u8):
         fn.restype = None
     return lib
@@ -276,6 +278,29 @@ def window_max(mask: torch.Tensor, out: torch.Tensor, kernel, stride, pad_top_le
     _packed_call(lib.fxsparse_window_max, (
         mask.data_ptr(), out.data_ptr(), b, h, w, out.shape[2], out.shape[3], *kernel, *stride, *pad_top_left,
         *dilation, *box, 0 if counts is None else counts.data_ptr()), ())
+    return True
+
+
+def upsample_bilinear(x: torch.Tensor, out: torch.Tensor, align_corners: bool, scales) -> bool:
+    """``out[:] = F.interpolate(x, size=out.shape[2:], scale_factor=..., mode="bilinear")`` for float32 ``x``
+    ``[B, C, Hi, Wi]`` in any strides (channels-last caches read in place) and an NCHW-contiguous ``out``
+    (Note [Native bilinear upsample], ``resample.c``). ``scales``: (scale_h, scale_w) as PyTorch's kernel takes
+    them, None where it derives the scale from the sizes. False, touching nothing, where it cannot."""
+    if x.dtype != torch.float32 or out.dtype != torch.float32 or x.dim() != 4 or out.dim() != 4:
+        return False
+    b, c, hi, wi = x.shape
+    if not out.is_contiguous() or out.shape[:2] != (b, c) or min(x.shape) < 1 or max(out.shape[2:]) > 16384:
+        return False
+    if (wi - 1) * x.stride(3) + 1 >= 2**31:  # the kernel's x offsets are int32
+        return False
+    lib = _library()
+    if lib is None:
+        return False
+    given = [s is not None and s > 0 for s in scales]
+    inverse = [1.0 / s if g else 0.0 for s, g in zip(scales, given)]  # rounded to float32 by the array, as in aten
+    _packed_call(lib.fxsparse_upsample_bilinear, (
+        x.data_ptr(), out.data_ptr(), b, c, hi, wi, *out.shape[2:], *x.stride(), int(bool(align_corners)),
+        *map(int, given)), tuple(inverse))
     return True
 
 
