@@ -29,7 +29,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import chains, ops
+from . import chains, ops, tails
 from .errors import InputError, InputTypeError
 from .kernels import native
 from .kernels import tiles as T
@@ -130,7 +130,7 @@ class Engine:
     """The caches of all streams and the compiled steps; passed to rules as ``ctx``."""
 
     def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int, dense_switch: float | str,
-                 fuse_chains: bool = False):
+                 fuse_chains: bool = False, dense_tail: bool = True):
         self.gm = gm
         self.tile_size = tile_size
         self.auto_switch = dense_switch == "auto"
@@ -183,6 +183,18 @@ class Engine:
             self._install_chain(chain)
         self._direct = {step.node: step for step in self.steps if self._is_direct_output(step)}
         self._stale_rows: set[fx.Node] = set()  # direct outputs whose mirror is newer than their rows
+        self._tail_masks: dict[tuple, torch.Tensor] = {}  # (node, changed) -> an all-ones / all-zeros mask
+        self.tail = tails.find_tail(gm, self.steps, self.kinds, self._direct, self.output_node) if dense_tail else None
+        if self.tail is not None and any(self.values[i] is None for i in self.tail.inputs):
+            self.tail = None  # it would read a chain's inner value, which is never cached
+        self._walk_order = self.steps  # Note [Dense tails]: None stands for the tail, run as one graph
+        self._tail_streams: list[int] = []  # the streams the tail ran for in the last frame
+        if self.tail is not None:
+            for step in self.tail.steps:
+                if step.node not in self.tail.kept:
+                    self.values[step.node] = None  # computed inside the tail's graph only: its memory is freed
+            skip = self.tail.nodes | {s.node for s in self.tail.after}
+            self._walk_order = [s for s in self.steps if s.node not in skip] + [None] + self.tail.after
 
     def _install_chain(self, chain) -> None:
         """Run ``chain`` as one unit at its last conv (Note [Conv chains]); free its inner caches."""
@@ -538,7 +550,11 @@ class Engine:
         self.executing = x is not None
         if x is not None:
             self._update_reference(x, threshold)
-        for step in self.steps:
+        layers: dict[fx.Node, LayerStats] = {}
+        for step in self._walk_order:
+            if step is None:
+                self._tail_frame(x is not None, layers)
+                continue
             mask = step.rule.propagate(step, self)
             self.masks[step.node] = mask
             self._remember_box(step.node)
@@ -559,12 +575,74 @@ class Engine:
                     self._fresh_rows(step.node)
                     executed = step.rule.execute(step, self, mask)
             per_position = step.macs_per_position
-            layer = LayerStats(
+            layers[step.node] = LayerStats(
                 step.name, step.op, fraction, per_position * positions, int(per_position * changed), int(executed)
             )
-            stats.layers.append(layer)
+        stats.layers = [layers[step.node] for step in self.steps]
         self._finish(stats)
         return stats
+
+    def _tail_frame(self, execute: bool, layers: dict) -> None:
+        """Run the dense tail (Note [Dense tails]) for the streams whose inputs to it changed; give the nodes
+        read from outside it their masks (all of a changed stream); add every tail layer's stats to ``layers``."""
+        tail, b = self.tail, self.batch
+        changed = [False] * b
+        for node in tail.inputs:
+            m = self.masks.get(node)
+            if self.kinds[node] == "const" or m is None:
+                continue
+            if isinstance(m, bool):
+                changed = [c or m for c in changed]
+                continue
+            changed = [c or n > 0 for c, n in zip(changed, self.stream_counts(node))]
+        streams = self._tail_streams = [i for i, c in enumerate(changed) if c]
+        if streams and execute:
+            index = None if len(streams) == b else torch.tensor(streams, dtype=torch.long)
+            values = tail.module(*[self.resolve(node, index) for node in tail.inputs])
+            for node, value in zip(tail.kept, values):
+                if self.kinds[node] == "rows":
+                    if index is None:
+                        self.values[node].copy_(value)
+                    else:
+                        self.values[node][index] = value
+                elif index is None:
+                    self.values[node].adopt(value)  # channels-last: taken as the cache, no copy
+                else:
+                    self.values[node].write_streams(index, value)
+        for node in tail.kept:
+            self.masks[node] = self._tail_mask(node, streams)
+            step = self._step_of[node]
+            per_stream = self._positions_of(step) // b
+            self._counts[node] = [per_stream if c else 0 for c in changed]
+            if step.kind == "spatial":
+                self._boxes[node] = (0, step.shape[2], 0, step.shape[3]) if streams else None
+        share = len(streams) / b
+        for step in tail.steps:
+            positions, per_position = self._positions_of(step), step.macs_per_position
+            cone = per_position * positions * len(streams) // b
+            layers[step.node] = LayerStats(step.name, step.op, share, per_position * positions, cone,
+                                           cone if execute else 0)
+
+    def _tail_mask(self, node: fx.Node, streams: list[int]) -> torch.Tensor:
+        """A tail node's change mask: ones in ``streams``, zeros elsewhere (``[B, 1, H, W]`` or ``[B, 1]``)."""
+        step = self._step_of[node]
+        shape = (self.batch, 1) + (tuple(step.shape[2:]) if step.kind == "spatial" else ())
+        if len(streams) in (0, self.batch):  # the common cases: one tensor each, made once
+            key = (node, bool(streams))
+            mask = self._tail_masks.get(key)
+            if mask is None:
+                mask = self._tail_masks[key] = torch.full(shape, float(bool(streams)))
+            return mask
+        mask = torch.zeros(shape)
+        mask[streams] = 1.0
+        return mask
+
+    def tail_masks(self) -> dict[fx.Node, torch.Tensor]:
+        """The change masks of the tail's nodes in the last frame (Note [Dense tails]: every position of the
+        streams it ran for), for reports; the walk does not need them."""
+        if self.tail is None or not self.masks:
+            return {}
+        return {step.node: self._tail_mask(step.node, self._tail_streams) for step in self.tail.steps}
 
     def dense_frame(self, x: torch.Tensor, mask_in: torch.Tensor, threshold: float) -> FrameStats:
         """Most input pixels of every stream changed: run the graph once, densely, on the new reference
@@ -677,7 +755,7 @@ class Engine:
         for node, v in self.values.items():
             if isinstance(v, RowCache):
                 total += v.nbytes
-            elif self.kinds[node] == "rows":
+            elif self.kinds[node] == "rows" and v is not None:  # None: not cached (a dense tail's inside)
                 total += v.numel() * v.element_size()
         return total
 
@@ -719,7 +797,8 @@ class Engine:
                     step.rule.name,
                     step.config.get("label", step.config.get("lowering", "rows" if step.kind == "rows" else "positions"))
                     + _switch_text(self.switches.get(step.node))
-                    + ("; all changed: straight to the output" if step.node in self._direct else ""),
+                    + ("; all changed: straight to the output" if step.node in self._direct else "")
+                    + (f"; dense tail after {self.tail.root}" if self.tail and step.node in self.tail.nodes else ""),
                     step.fallback_reason,
                 )
             )
@@ -770,13 +849,15 @@ class SparseModule(nn.Module):
 
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
                  dense_switch: float | str = 0.5, in_channels: int | None = None, input_policy=None,
-                 frame_dtype: torch.dtype | None = None, fuse_chains: bool = False, copy_outputs: bool = True):
+                 frame_dtype: torch.dtype | None = None, fuse_chains: bool = False, copy_outputs: bool = True,
+                 dense_tail: bool = True):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)
         self.tile_size = int(tile_size)
         self.dense_switch = dense_switch
         self.fuse_chains = fuse_chains
+        self.dense_tail = dense_tail  # Note [Dense tails]
         self.copy_outputs = copy_outputs  # False: callers get the output buffers themselves (transform's doc)
         self._output_pool = OutputPool()
         self._packed_weights: dict = {}  # Note [Packed conv weights]: per weight and input shape, for this module's state
@@ -827,7 +908,8 @@ class SparseModule(nn.Module):
         if x.dtype != self._dtype and x.is_floating_point():  # integer frames: the model converts them
             x = x.to(self._dtype)
         if self._engine is None:
-            self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch, self.fuse_chains)
+            self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch, self.fuse_chains,
+                                  self.dense_tail)
             self._full_streams = None
             self.stats = self._engine.dense_stats()
             return self._engine.outputs()
@@ -891,7 +973,8 @@ class SparseModule(nn.Module):
         if example is None:
             example = torch.zeros(1, self.in_channels or 3, 224, 224, dtype=self._dtype)
         with torch.inference_mode():
-            return Engine(self.graph_module, example, self.tile_size, self.dense_switch, self.fuse_chains).coverage()
+            return Engine(self.graph_module, example, self.tile_size, self.dense_switch, self.fuse_chains,
+                          self.dense_tail).coverage()
 
     @torch.inference_mode()
     def estimate(self, mask: torch.Tensor) -> FrameStats:
@@ -917,9 +1000,10 @@ class SparseModule(nn.Module):
         """
         if self._engine is None:
             return {}
+        masks = {**self._engine.masks, **self._engine.tail_masks()}  # Note [Dense tails]
         return {  # copies: mask buffers are reused by the next frame
             self._engine.step_name(node): m.clone()
-            for node, m in self._engine.masks.items()
+            for node, m in masks.items()
             if isinstance(m, torch.Tensor)
         }
 

@@ -74,6 +74,7 @@ def transform(
     dense_switch: float | str = 0.5,
     dtype: torch.dtype | None = None,
     fuse_chains: bool = False,
+    dense_tail: bool = True,
     copy_outputs: bool = True,
     gate_test: str = "max",
     leaf_modules: Iterable[type[nn.Module]] = (),
@@ -116,6 +117,10 @@ def transform(
         fuse_chains: run each chain of convs (a block whose inner outputs feed only the next conv, as in
             bottleneck and inverted-residual blocks) as one unit on gathered tiles, without caching
             its inner activations (fxsparse/chains.py). Same results; False runs every layer alone.
+        dense_tail: True (default): the layers a global mean makes change everywhere in exact mode
+            (everything after a squeeze-excite or pooled branch that is broadcast back onto a map) run
+            as one dense graph on the changed streams, their activations not cached (Note [Dense tails],
+            fxsparse/tails.py). Same results; False walks them layer by layer like the rest.
         copy_outputs: True (default): every call returns tensors of its own, like the dense model (written
             into earlier outputs the caller has let go of, never into one it still holds: Note [Recycled
             outputs]). False: returns the module's output buffers themselves, valid until the next call,
@@ -208,6 +213,7 @@ def transform(
         input_policy=InputPolicy(input_open, input_min_area, input_dilate),
         frame_dtype=frame_dtype,
         fuse_chains=fuse_chains,
+        dense_tail=dense_tail,
         copy_outputs=copy_outputs,
     )
     sm.gates = gates

@@ -32,3 +32,29 @@ def test_layer_times_covers_every_step_and_leaves_the_module_as_it_was():
 def test_layer_times_needs_a_first_frame():
     with pytest.raises(ValueError, match="first frame"):
         layer_times(fxsparse.transform(nn.Conv2d(3, 3, 1)), [torch.rand(1, 3, 8, 8)])
+
+
+def test_layer_times_reports_a_dense_tail_as_one_row():
+    """Note [Dense tails]: the tail runs as one graph, so it is timed as one row, against the same graph."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            return self.head(y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True))))
+
+    torch.manual_seed(0)
+    net = Scaled().eval()
+    frames = moving_object_frames(1, 24, 32, 6, seed=1)
+    sm = fxsparse.transform(net)
+    sm(frames[0])
+    rows = layer_times(sm, frames[1:])
+    tail = sm._engine.tail
+    assert [r.name for r in rows] == ["conv", "mean", f"dense tail: {len(tail.steps)} layers after mean"]
+    assert rows[-1].changed == 1.0 and rows[-1].execute_ms > 0 and rows[-1].dense_ms > 0
+    assert "_tail_frame" not in vars(sm._engine)  # the timer is gone again
+    with torch.no_grad():
+        assert torch.allclose(sm(frames[0]), net(frames[0]), atol=1e-5)

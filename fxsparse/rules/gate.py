@@ -81,4 +81,4 @@ def gate_applies(step):
     return None
 
 
-register_change_rule(ops.gate, rule=ChangeRule("gate", propagate_gate, execute_gate, applies=gate_applies))
+register_change_rule(ops.gate, rule=ChangeRule("gate", propagate_gate, execute_gate, applies=gate_applies, exact=False))

@@ -1,0 +1,84 @@
+"""Dense tails: the layers a global mean makes change everywhere, run as one dense graph.
+
+Note [Dense tails]: in exact mode a global mean's vector changes whenever anything in its stream's input
+did, and a layer that broadcasts it over a map (a squeeze-excite scale, LR-ASPP's gate, DeepLabV3's pooled
+branch) then changes at every position; so does everything after it. MobileNetV3's first squeeze-excite
+block sits at stride 8, so in its segmenters 97% (DeepLabV3) and 87% (LR-ASPP) of the MACs lie past it. The
+layer-by-layer walk ran each of those layers with its dense op, wrote the result into a cache that no later
+frame reads (the next change recomputes it whole again), and propagated a full mask: measured per layer, the
+walk took 1.1-2x the dense op's own time (a cold cache written instead of the allocator's warm block;
+0.05-0.13 ms of mask work per layer). The tail is every node downstream of a global mean; it runs once per
+frame as a captured graph (generated code, no per-node dispatch) on the changed streams, its intermediates
+freed as the dense model frees them, and only the values read from outside it are cached: the model's
+outputs and the inputs of direct outputs (Note [Direct outputs]), which run after it. Its caches' memory is
+freed (DeepLabV3 576x768: see docs/performance.md).
+
+The tail runs whenever a stream's input to it changed, without asking whether the change reached the
+global mean: a conv with stride and no overlap can skip a changed position, and then the walk would have
+recomputed less. The result is the same (a dense recompute from up-to-date inputs); only the work differs,
+and stats count the tail as changed in those streams. Where a node outside the tail reads it (a gate, an
+inexact rule, a non-global reduction of it), or it holds no map wider than 1x1 (a classifier's pooled head),
+there is no tail and the walk runs as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.fx as fx
+
+
+@dataclass
+class Tail:
+    steps: list  # runtime.Step, in graph order
+    nodes: set  # their fx nodes
+    inputs: list  # nodes outside the tail that it reads: the arguments of ``module``
+    kept: list  # tail nodes read from outside it (outputs, direct outputs' inputs): ``module``'s results
+    after: list  # the steps outside the tail that read it (direct outputs), run after it
+    module: fx.GraphModule  # inputs -> kept values, densely
+    root: str  # the name of the first global mean it starts from (for reports)
+
+
+def find_tail(gm: fx.GraphModule, steps: list, kinds: dict, direct: dict, output_node: fx.Node) -> Tail | None:
+    """The dense tail of the compiled ``steps`` (Note [Dense tails]), None where there is none."""
+    roots = {s.node: s for s in steps if s.rule is not None and s.rule.name == "global_mean"}
+    nodes, members, root = set(), [], None
+    for step in steps:
+        n = step.node
+        reads = [i for i in n.all_input_nodes if i in nodes or i in roots]
+        if not reads or n in direct:
+            continue
+        if not step.rule.exact or kinds[n] not in ("spatial", "rows"):
+            return None  # a gate or an op the walk must run as it is reads what the tail would compute
+        root = root or next((roots[i].name for i in reads if i in roots), None)
+        nodes.add(n)
+        members.append(step)
+    if not any(s.kind == "spatial" and s.shape is not None and s.shape[2] * s.shape[3] > 1 for s in members):
+        return None  # nothing broadcast back onto a map: a pooled head, cheap in the walk
+    after, kept = [], []
+    for step in members:
+        outside = [u for u in step.node.users if u not in nodes and kinds.get(u) != "const"]  # not shape reads
+        if any(u is not output_node and u not in direct for u in outside):
+            return None
+        if outside:
+            kept.append(step.node)
+    after = [s for s in steps if s.node in direct and any(i in nodes for i in s.node.all_input_nodes)]
+    inputs = []
+    for step in members:
+        for i in step.node.all_input_nodes:
+            if i not in nodes and i not in inputs:
+                inputs.append(i)
+    return Tail(members, nodes, inputs, kept, after, _module(gm, members, inputs, kept), root or "")
+
+
+def _module(gm: fx.GraphModule, members: list, inputs: list, kept: list) -> fx.GraphModule:
+    """A module computing ``kept`` from ``inputs`` through the tail's nodes, as generated code."""
+    graph, env = fx.Graph(), {}
+    for i in inputs:
+        env[i] = graph.placeholder(i.name)
+    for step in members:
+        env[step.node] = graph.node_copy(step.node, lambda a: env[a])
+    graph.output(tuple(env[k] for k in kept))
+    module = fx.GraphModule(gm, graph)
+    module.recompile()
+    return module

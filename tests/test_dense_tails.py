@@ -1,0 +1,138 @@
+"""Note [Dense tails]: the nodes downstream of a global mean run as one dense graph on the streams whose
+inputs to it changed; only what is read from outside the tail is cached. Every frame (partial, one stream,
+unchanged, fully changed, and a change the mean never sees) must equal the dense model and the layer-by-layer
+walk (``dense_tail=False``), with the same cone."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxsparse
+from conftest import assert_close_scaled
+
+
+class _SqueezeExcite(nn.Module):
+    """Two squeeze-excite blocks, a head and an upsampled output: the shape of a MobileNetV3 segmenter."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc3 = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        y = F.hardswish(self.stem(x))
+        y = y * F.hardsigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        z = torch.relu(self.mid(y))
+        z = z * torch.sigmoid(self.fc3(F.adaptive_avg_pool2d(z, 1))) + y
+        return F.interpolate(self.head(z), scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def _pair(net, **options):
+    return fxsparse.transform(net, **options), fxsparse.transform(net, dense_tail=False, **options)
+
+
+def _blob(x, stream, y0, x0, value=1.0):
+    x = x.clone()
+    x[stream, :, y0 : y0 + 3, x0 : x0 + 3] += value
+    return x
+
+
+def test_a_dense_tail_equals_dense_and_the_walk_on_every_kind_of_frame():
+    torch.manual_seed(0)
+    net = _SqueezeExcite().eval()
+    tailed, walked = _pair(net)
+    x = torch.rand(2, 3, 24, 32)
+    frames = [x, _blob(x, 1, 4, 5), _blob(_blob(x, 1, 12, 5), 0, 10, 20)]  # stream 1 alone, then both
+    frames += [frames[-1], 1.0 - frames[-1], _blob(1.0 - frames[-1], 0, 2, 2)]  # unchanged, full, partial after it
+    for i, f in enumerate(frames):
+        with torch.no_grad():
+            expected = net(f)
+            out, walk = tailed(f), walked(f)
+        assert_close_scaled(out, expected, f"frame {i}")
+        assert_close_scaled(walk, expected, f"frame {i}, walk")
+        assert tailed.stats.macs_cone == walked.stats.macs_cone, i
+        assert tailed.stats.dense == walked.stats.dense, i
+    tail = tailed._engine.tail
+    assert tail is not None and tail.root == "mean" and [s.op for s in tail.after] == ["interpolate"]
+    assert all(tailed._engine.values[s.node] is None for s in tail.steps if s.node not in tail.kept)
+    assert tailed.stats.cache_bytes < walked.stats.cache_bytes
+
+
+def test_a_change_the_mean_never_sees_still_runs_the_tail():
+    """A 1x1 conv with stride 2 skips odd pixels: a change there leaves the pooled scale as it was, while the
+    full-resolution branch it multiplies changed. The tail runs anyway (the walk would recompute less): the
+    same output, and stats count the tail as changed."""
+
+    class Skipping(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.p, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1, stride=2), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            s = torch.sigmoid(self.fc(self.p(x).mean((2, 3), keepdim=True)))
+            return self.a(x) * F.interpolate(s, size=x.shape[2:], mode="nearest")
+
+    torch.manual_seed(0)
+    net = Skipping().eval()
+    tailed, walked = _pair(net)
+    x = torch.rand(1, 3, 16, 16)
+    tailed(x), walked(x)
+    x = x.clone()
+    x[0, :, 5, 7] += 1.0  # odd row and column: the strided 1x1 conv does not read it
+    with torch.no_grad():
+        expected = net(x)
+        assert_close_scaled(tailed(x), expected)
+        assert_close_scaled(walked(x), expected)
+    assert tailed._engine.tail is not None
+    assert walked.stats.macs_cone < tailed.stats.macs_cone == tailed.stats.macs_executed
+
+
+def test_no_tail_for_pooled_heads_or_gated_vectors():
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1), 1))
+
+    x = torch.rand(1, 3, 16, 16)
+    for net, options in ((Classifier().eval(), {}), (_SqueezeExcite().eval(), {"threshold": {"global": 0.05}})):
+        sm = fxsparse.transform(net, **options)
+        sm(x)
+        assert sm._engine.tail is None, options  # a pooled head is cheap in the walk; a gate must see its input
+    sm = fxsparse.transform(_SqueezeExcite().eval(), dense_tail=False)
+    sm(x)
+    assert sm._engine.tail is None
+
+
+def test_coverage_and_change_masks_name_the_tail():
+    torch.manual_seed(0)
+    net = _SqueezeExcite().eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(2, 3, 24, 32)
+    sm(x)
+    sm(_blob(x, 1, 4, 5))
+    tail_names = {s.name for s in sm._engine.tail.steps}
+    assert "fc3" in tail_names and "head" in tail_names and "stem" not in tail_names
+    report = str(sm.coverage())
+    assert report.count("dense tail after mean") == len(tail_names)
+    masks = sm.change_masks()
+    for name in tail_names:
+        assert float(masks[name][0].max()) == 0.0 and float(masks[name][1].min()) == 1.0, name
+    assert float(masks["stem"][0].max()) == 0.0 and 0.0 < float(masks["stem"][1].mean()) < 1.0
+
+
+def test_estimate_with_a_tail_gives_the_walks_cone():
+    torch.manual_seed(0)
+    net = _SqueezeExcite().eval()
+    tailed, walked = _pair(net)
+    x = torch.rand(2, 3, 24, 32)
+    tailed(x), walked(x)
+    mask = torch.zeros(2, 1, 24, 32)
+    mask[0, :, 3:6, 8:12] = 1.0
+    a, b = tailed.estimate(mask), walked.estimate(mask)
+    assert a.macs_cone == b.macs_cone and a.macs_executed == b.macs_executed == 0
