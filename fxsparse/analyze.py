@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import tails
 from .input_policy import CLEAN_UP, InputPolicy
 from .transform import transform
 
@@ -37,6 +38,9 @@ class AnalysisResult:
     fps: float | None = None
     model: str | None = None
     clean_up: bool = False  # thresholds above 0 with the input mask's clean-up (input_policy.CLEAN_UP)
+    # Note [Dense tails]: the model's MACs after a global mean, recomputed whole on every changed frame in
+    # exact mode: {"after": layer name, "share_of_dense_macs": float}; None without a model or a tail
+    dense_tail: dict | None = None
 
     def summary(self) -> dict:
         rows = {}
@@ -55,7 +59,7 @@ class AnalysisResult:
             rows[str(t)] = row
         return {"frames": self.frames, "size": list(self.size), "model": self.model, "fps": self.fps,
                 "fps_assumed": self.fps is None, "dense_ms": self.dense_ms, "clean_up": self.clean_up,
-                "thresholds": rows}
+                "dense_tail": self.dense_tail, "thresholds": rows}
 
 
 def _quantile(values, q):
@@ -86,6 +90,10 @@ def analyze_frames(frames: Iterable[torch.Tensor], thresholds: list[int], *, mod
                 sm = transform(model)
                 sm(x[None])
                 result.dense_ms = _dense_latency(model, x[None])
+                engine = sm._engine
+                if engine.tail is not None:
+                    share = tails.share_of_macs(engine.tail, engine.steps, engine._positions_of)
+                    result.dense_tail = {"after": engine.tail.root, "share_of_dense_macs": share}
         elif tuple(x.shape[1:]) != result.size:
             raise ValueError(
                 f"frame {i} is {tuple(x.shape[1:])}, earlier frames were {result.size}. Hint: pass --size HxW."
@@ -227,6 +235,13 @@ def _html(result, summary, plots, source) -> str:
     model_note = (f"<p>Model <code>{html.escape(result.model)}</code>: dense latency {result.dense_ms:.1f} ms "
                   f"per frame (median of 3, this machine). Savings assume {fps_note}; they are upper bounds for "
                   "exact mode (the cone is the minimum any exact method computes).</p>") if result.model else ""
+    if result.dense_tail:
+        model_note += (f"<p>{result.dense_tail['share_of_dense_macs']:.0%} of the model's multiply-adds lie after "
+                       f"<code>{html.escape(result.dense_tail['after'])}</code>, a global mean broadcast back onto "
+                       "the map (squeeze-excite, a pooled branch): in exact mode they change everywhere whenever "
+                       "anything changed, and are recomputed whole. Gating the pooled vectors "
+                       "(<code>threshold={\"global\": t}</code>, docs/thresholds.md) keeps them sparse, within a "
+                       "measured error.</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>fxsparse analysis</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:1em}}

@@ -154,6 +154,10 @@ def analyze(ctx, source, spec, weights, thresholds, clean_up, size, limit, fps, 
             if "median_cone_speedup" in row:
                 line += f", cone-ideal {row['median_cone_speedup']:.2f}x"
             click.echo(line)
+        if result.dense_tail:  # Note [Dense tails]: why the cone-ideal stays low for squeeze-excite models
+            click.echo(f"{result.dense_tail['share_of_dense_macs']:.0%} of the model's work lies after "
+                       f"{result.dense_tail['after']} (a global mean): in exact mode it is recomputed on every "
+                       "changed frame; layer thresholds on pooled vectors (threshold={'global': t}) keep it sparse")
         click.echo(f"report: {path}")
 
     _guarded(ctx, work)

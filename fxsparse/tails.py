@@ -72,6 +72,14 @@ def find_tail(gm: fx.GraphModule, steps: list, kinds: dict, direct: dict, output
     return Tail(members, nodes, inputs, kept, after, _module(gm, members, inputs, kept), root or "")
 
 
+def share_of_macs(tail: Tail, steps: list, positions_of) -> float:
+    """The tail's share of the model's dense multiply-adds: what exact mode recomputes on every changed frame."""
+    def macs(group):
+        return sum(s.macs_per_position * positions_of(s) for s in group)
+
+    return macs(tail.steps) / max(1, macs(steps))
+
+
 def _module(gm: fx.GraphModule, members: list, inputs: list, kept: list) -> fx.GraphModule:
     """A module computing ``kept`` from ``inputs`` through the tail's nodes, as generated code."""
     graph, env = fx.Graph(), {}

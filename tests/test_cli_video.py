@@ -64,6 +64,7 @@ def test_analyze_clip_writes_report_with_plots(clip, tmp_path):
     t0, t32 = summary["thresholds"]["0"], summary["thresholds"]["32"]
     assert t0["median_changed"] >= t32["median_changed"] > 0  # the square moves: some pixels change
     assert t32["median_cone_speedup"] >= 1.0
+    assert summary["dense_tail"] is None  # builtin:tiny has no global mean
 
 
 @pytest.mark.skipif(not os.path.isdir(HIGHWAY), reason="shared CDnet highway frames not present")
@@ -229,7 +230,13 @@ def test_torchvision_model_on_cdnet_analyze_and_run(tmp_path):
                                   "--thresholds", "8,16", "--out", str(tmp_path / "an")])
     assert r.exit_code == 0, r.output
     assert "random weights" in r.output  # the note says the weights are random, not silently
-    assert json.loads((tmp_path / "an" / "summary.json").read_text())["thresholds"]["16"]["median_cone_speedup"] >= 1
+    summary = json.loads((tmp_path / "an" / "summary.json").read_text())
+    assert summary["thresholds"]["16"]["median_cone_speedup"] >= 1
+    # Note [Dense tails]: the report says how much lies after the first squeeze-excite block, and what to do
+    tail = summary["dense_tail"]
+    assert tail["after"] == "backbone.4.block.2.avgpool" and 0.5 < tail["share_of_dense_macs"] < 1.0
+    assert "backbone.4.block.2.avgpool (a global mean)" in r.output
+    assert 'threshold={"global": t}' in (tmp_path / "an" / "report.html").read_text()
     video = tmp_path / "seg.mp4"
     r = CliRunner().invoke(main, ["run", HIGHWAY, "--model", spec, "--limit", "4", "--size", "64x80",
                                   "--compare-dense", "--out", str(video)])
