@@ -5,10 +5,13 @@ walk (``dense_tail=False``), with the same cone."""
 
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import fxsparse
 from conftest import assert_close_scaled
+from netgen import RandomNet, layer_specs
 
 
 class _SqueezeExcite(nn.Module):
@@ -136,3 +139,29 @@ def test_estimate_with_a_tail_gives_the_walks_cone():
     mask[0, :, 3:6, 8:12] = 1.0
     a, b = tailed.estimate(mask), walked.estimate(mask)
     assert a.macs_cone == b.macs_cone and a.macs_executed == b.macs_executed == 0
+
+
+@given(st.data())
+def test_random_networks_with_a_squeeze_excite_match_dense_and_the_walk(data):
+    """Random networks (tests/netgen.py) with a squeeze-excite block put somewhere: every frame equals the dense
+    model and the walk, streams changing on their own, with the same cone."""
+    c, h, w = data.draw(st.integers(1, 4)), data.draw(st.integers(3, 20)), data.draw(st.integers(3, 20))
+    specs, *_ = data.draw(layer_specs(c, h, w, data.draw(st.integers(1, 5))))
+    specs.insert(data.draw(st.integers(0, len(specs))), {"kind": "se"})  # keeps the shape: fits anywhere
+    head = data.draw(st.sampled_from(["plain", "classifier", "tuple"]))
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    net = RandomNet(specs, c, head).eval()
+    batch = data.draw(st.integers(1, 3))
+    tailed, walked = _pair(net, dense_switch=data.draw(st.sampled_from([0.6, 2.0])))
+    x = torch.randn(batch, c, h, w)
+    for frame in range(4):
+        if frame:
+            x = x.clone()
+            for stream in data.draw(st.lists(st.integers(0, batch - 1), max_size=batch)):
+                y0, x0 = data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))
+                x[stream, :, y0 : y0 + 2, x0 : x0 + 3] += 1.0
+        with torch.no_grad():
+            expected = net(x.clone())
+            assert_close_scaled(tailed(x), expected, f"frame {frame}")
+            assert_close_scaled(walked(x), expected, f"frame {frame}, walk")
+        assert tailed.stats.macs_cone >= walked.stats.macs_cone  # the tail counts whole streams

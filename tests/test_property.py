@@ -71,7 +71,8 @@ def test_random_networks_match_dense_every_frame(data):
     # 2.0 never switches to dense: every layer runs its sparse lowering
     switch = data.draw(st.sampled_from([0.6, 2.0]), label="dense_switch")
     fuse = data.draw(st.booleans(), label="fuse_chains")
-    sm = fxsparse.transform(net, tile_size=tile, dense_switch=switch, fuse_chains=fuse)
+    tail = data.draw(st.booleans(), label="dense_tail")  # False: the layers after a global mean are walked too
+    sm = fxsparse.transform(net, tile_size=tile, dense_switch=switch, fuse_chains=fuse, dense_tail=tail)
     x = torch.randn(batch, c, h, w)
     frames = data.draw(st.integers(4, 6), label="frames")
     for frame in range(frames):
@@ -85,6 +86,7 @@ def test_random_networks_match_dense_every_frame(data):
         assert_close_scaled(actual, expected, f"frame {frame}")
         _check_costs(sm.stats, switch, sm._engine.chains)
     event(f"conv chains: {min(len(sm._engine.chains), 2)}{'+' if len(sm._engine.chains) > 1 else ''}")
+    event(f"dense tail: {sm._engine.tail is not None}")
 
 
 @given(st.data())
