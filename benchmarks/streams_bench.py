@@ -1,6 +1,7 @@
 """Many streams: one SparseModule on a batch of B streams vs B single-stream modules, same frames.
 
     python benchmarks/streams_bench.py --model resnet50 --streams 4
+    python benchmarks/streams_bench.py --model lraspp_mobilenet_v3_large --streams 4   # segmentation models too
 
 Each stream is its own moving-object scene; times are medians per frame (all streams), interleaved.
 """
@@ -15,6 +16,7 @@ import torch
 
 import fxsparse
 from fxsparse.scenes import moving_objects
+from run_bench import build  # the benchmark's model lookup: classification and segmentation, random weights
 
 
 def main(argv=None):
@@ -25,11 +27,9 @@ def main(argv=None):
     p.add_argument("--changed", type=float, default=0.01)
     p.add_argument("--frames", type=int, default=6)
     args = p.parse_args(argv)
-    import torchvision
-
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = getattr(torchvision.models, args.model)().eval()
+    model = build(args.model)
     h, w = (int(v) for v in args.size.split("x"))
     frames = list(moving_objects(h, w, changed_fraction=args.changed, frames=args.frames + 1, streams=args.streams))
     batched = fxsparse.transform(model)
