@@ -13,10 +13,10 @@ import statistics
 import time
 
 import torch
+from run_bench import build  # the benchmark's model lookup: classification and segmentation, random weights
 
 import fxsparse
 from fxsparse.scenes import moving_objects
-from run_bench import build  # the benchmark's model lookup: classification and segmentation, random weights
 
 
 def main(argv=None):
