@@ -301,6 +301,12 @@ def _function_form(target, args, kwargs, gm=None):
         return None
     if is_(methods=("contiguous",)) and len(args) == 1:
         return "identity", (x,)
+    if is_(methods=("view",)) and len(args) >= 2 and not kwargs and not isinstance(args[1], torch.dtype):
+        # activations are channels-last here (Note [Row caches]): a view merging C with H, W (a head's
+        # ``x.view(x.size(0), -1)`` after a pool wider than 1x1) has no view of that layout; reshape gives
+        # the same values, copying where it must
+        shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        return torch.reshape, (x, tuple(shape))
     if getattr(target, "__name__", None) == "stochastic_depth" and _arg(args, kwargs, 3, "training", True) is False:
         return "identity", (x,)  # torchvision's StochasticDepth in eval mode
     return None

@@ -64,12 +64,36 @@ def find_tail(gm: fx.GraphModule, steps: list, kinds: dict, direct: dict, output
         if outside:
             kept.append(step.node)
     after = [s for s in steps if s.node in direct and any(i in nodes for i in s.node.all_input_nodes)]
+    computed = nodes | _shape_reads(members, kinds)
+    body = [n for n in gm.graph.nodes if n in computed]  # graph order
     inputs = []
+    for n in body:
+        for i in n.all_input_nodes:
+            if i not in computed and i not in inputs:
+                inputs.append(i)
+    return Tail(members, nodes, inputs, kept, after, _module(gm, body, inputs, kept), root or "")
+
+
+def _shape_reads(members: list, kinds: dict) -> set:
+    """The constant nodes the tail reads that were computed from activations (``x.size(0)``, ``x.shape[-2:]``):
+    copied into the tail's graph, so that they read this call's values. The tail may run on some of the
+    streams, and a batch size kept from the first frame would not fit them (``x.view(x.size(0), -1)``)."""
+    pulled = set()
+
+    def derived(n) -> bool:  # computed from an activation (directly or through other such constants)
+        if n in pulled:
+            return True
+        if kinds.get(n) != "const" or n.op not in ("call_function", "call_method"):
+            return False
+        flags = [kinds.get(i) != "const" or derived(i) for i in n.all_input_nodes]  # visits every source
+        if any(flags):
+            pulled.add(n)
+        return any(flags)
+
     for step in members:
         for i in step.node.all_input_nodes:
-            if i not in nodes and i not in inputs:
-                inputs.append(i)
-    return Tail(members, nodes, inputs, kept, after, _module(gm, members, inputs, kept), root or "")
+            derived(i)
+    return pulled
 
 
 def share_of_macs(tail: Tail, steps: list, positions_of) -> float:
@@ -80,13 +104,13 @@ def share_of_macs(tail: Tail, steps: list, positions_of) -> float:
     return macs(tail.steps) / max(1, macs(steps))
 
 
-def _module(gm: fx.GraphModule, members: list, inputs: list, kept: list) -> fx.GraphModule:
-    """A module computing ``kept`` from ``inputs`` through the tail's nodes, as generated code."""
+def _module(gm: fx.GraphModule, body: list, inputs: list, kept: list) -> fx.GraphModule:
+    """A module computing ``kept`` from ``inputs`` through the ``body`` nodes (graph order), as generated code."""
     graph, env = fx.Graph(), {}
     for i in inputs:
         env[i] = graph.placeholder(i.name)
-    for step in members:
-        env[step.node] = graph.node_copy(step.node, lambda a: env[a])
+    for n in body:
+        env[n] = graph.node_copy(n, lambda a: env[a])
     graph.output(tuple(env[k] for k in kept))
     module = fx.GraphModule(gm, graph)
     module.recompile()

@@ -165,3 +165,30 @@ def test_random_networks_with_a_squeeze_excite_match_dense_and_the_walk(data):
             assert_close_scaled(tailed(x), expected, f"frame {frame}")
             assert_close_scaled(walked(x), expected, f"frame {frame}, walk")
         assert tailed.stats.macs_cone >= walked.stats.macs_cone  # the tail counts whole streams
+
+
+def test_a_tail_reads_the_batch_size_of_the_streams_it_runs_for():
+    """``x.view(x.size(0), -1)`` inside the tail: the size is read again on every run (from the streams that
+    changed), not kept from the first frame's full batch."""
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc1, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8 * 16, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            y = F.adaptive_avg_pool2d(y * torch.sigmoid(self.fc1(y.mean((2, 3), keepdim=True))), 4)
+            return self.fc(y.view(y.size(0), -1))
+
+    torch.manual_seed(0)
+    net = Head().eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(3, 3, 16, 16)
+    sm(x)
+    for stream in (1, 2, 0):
+        x = x.clone()
+        x[stream, :, 3:5, 3:5] += 1.0  # one stream of three: the tail runs on it alone
+        with torch.no_grad():
+            assert_close_scaled(sm(x), net(x))
+    assert sm._engine.tail is not None and sm._engine._tail_streams == [0]

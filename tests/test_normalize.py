@@ -78,3 +78,35 @@ def test_inplace_add_rewires_later_readers():
     targets, gm = _targets(InPlace())
     x = torch.randn(1, 2, 3, 3)
     assert torch.allclose(gm(x), InPlace()(x))
+
+
+class _ViewHead(nn.Module):
+    """A classic head: ``x.view(x.size(0), -1)`` after a pool wider than 1x1."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 16, 4)
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4)
+        return self.fc(y.view(y.size(0), -1)).view((-1, 2, 2))
+
+
+def test_a_view_of_a_channels_last_activation_becomes_reshape():
+    """Activations are channels-last inside fxsparse: a view merging C with H, W has no view there, so views
+    become reshapes (same values); a dtype view stays what it is."""
+    import fxsparse
+
+    targets, _ = _targets(_ViewHead())
+    assert targets.count(torch.reshape) == 2 and "view" not in targets
+    dtype_view, _ = _targets(Lam(lambda x: x.view(torch.int32)))
+    assert dtype_view == ["view"]
+    torch.manual_seed(0)
+    net = _ViewHead().eval()
+    sm = fxsparse.transform(net)
+    x = torch.rand(2, 3, 16, 16)
+    for i in range(3):
+        x = x.clone()
+        x[i % 2, :, 3 + i : 6 + i, 4:7] += 1.0
+        with torch.no_grad():
+            assert torch.allclose(sm(x), net(x), atol=1e-5)
