@@ -9,7 +9,7 @@ from conftest import assert_close_scaled, moving_object_frames
 torchvision = pytest.importorskip("torchvision", reason="torchvision not installed (torch-only env)")
 
 CLASSIFIERS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "vgg11_bn",
-               "squeezenet1_1"]
+               "squeezenet1_1", "regnet_y_400mf"]
 SEGMENTERS = ["fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
 
 
@@ -32,3 +32,13 @@ def test_torchvision_model_is_exact_on_moving_objects(name):
         assert_close_scaled(sm(x), expected, f"{name} frame {i}")
         if i:
             assert sm.stats.macs_executed < sm.stats.macs_dense
+
+
+def test_shufflenet_channel_shuffle_runs_exactly():
+    """ShuffleNetV2's channel shuffle views [B, C, H, W] as [B, g, C / g, H, W]: no view of a channels-last
+    activation (it crashed until views became reshapes). Its chunk / transpose run as dense fallbacks."""
+    model = _build("shufflenet_v2_x0_5")
+    sm = fxsparse.transform(model)
+    for i, x in enumerate(moving_object_frames(2, 96, 128, frames=3)):
+        with torch.no_grad():
+            assert_close_scaled(sm(x), model(x), f"frame {i}")
