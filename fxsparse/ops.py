@@ -118,6 +118,8 @@ def _onednn_conv(x, weight, bias, stride, padding, dilation, groups, act, residu
         return None  # oneDNN adds / scales before rounding to bfloat16, PyTorch after: a bfloat16 ulp apart
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return None
+    if torch.jit.is_tracing():
+        return None  # an export (Note [Tail engines]) records F.conv2d and the activation, which engines know
     geometry = zip(x.shape[2:], padding, dilation, weight.shape[2:], stride)
     out_shape = (x.shape[0], weight.shape[0]) + tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in geometry)
     if residual is not None and (act not in (None, ("relu",)) or residual.dtype != x.dtype or

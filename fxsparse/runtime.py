@@ -29,7 +29,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import chains, ops, tails
+from . import chains, ops, tail_engines, tails
 from .errors import InputError, InputTypeError
 from .kernels import native
 from .kernels import tiles as T
@@ -130,7 +130,7 @@ class Engine:
     """The caches of all streams and the compiled steps; passed to rules as ``ctx``."""
 
     def __init__(self, gm: fx.GraphModule, x: torch.Tensor, tile_size: int, dense_switch: float | str,
-                 fuse_chains: bool = False, dense_tail: bool = True):
+                 fuse_chains: bool = False, dense_tail: bool = True, tail_engine: str = "torch"):
         self.gm = gm
         self.tile_size = tile_size
         self.auto_switch = dense_switch == "auto"
@@ -195,6 +195,9 @@ class Engine:
                     self.values[step.node] = None  # computed inside the tail's graph only: its memory is freed
             skip = self.tail.nodes | {s.node for s in self.tail.after}
             self._walk_order = [s for s in self.steps if s.node not in skip] + [None] + self.tail.after
+            # Note [Tail engines]: the tail's graph as it is, or compiled for another engine
+            self._tail_run = tail_engines.compile_tail(self.tail, self.kinds,
+                                                       [self.resolve(n) for n in self.tail.inputs], tail_engine)
 
     def _install_chain(self, chain) -> None:
         """Run ``chain`` as one unit at its last conv (Note [Conv chains]); free its inner caches."""
@@ -598,7 +601,7 @@ class Engine:
         streams = self._tail_streams = [i for i, c in enumerate(changed) if c]
         if streams and execute:
             index = None if len(streams) == b else torch.tensor(streams, dtype=torch.long)
-            values = tail.module(*[self.resolve(node, index) for node in tail.inputs])
+            values = self._tail_run(*[self.resolve(node, index) for node in tail.inputs])
             for node, value in zip(tail.kept, values):
                 if self.kinds[node] == "rows":
                     if index is None:
@@ -850,7 +853,7 @@ class SparseModule(nn.Module):
     def __init__(self, graph_module: fx.GraphModule, *, input_threshold: float = 0.0, tile_size: int = 8,
                  dense_switch: float | str = 0.5, in_channels: int | None = None, input_policy=None,
                  frame_dtype: torch.dtype | None = None, fuse_chains: bool = False, copy_outputs: bool = True,
-                 dense_tail: bool = True):
+                 dense_tail: bool = True, tail_engine: str = "torch"):
         super().__init__()
         self.graph_module = graph_module
         self.input_threshold = float(input_threshold)
@@ -858,6 +861,7 @@ class SparseModule(nn.Module):
         self.dense_switch = dense_switch
         self.fuse_chains = fuse_chains
         self.dense_tail = dense_tail  # Note [Dense tails]
+        self.tail_engine = tail_engine  # Note [Tail engines]
         self.copy_outputs = copy_outputs  # False: callers get the output buffers themselves (transform's doc)
         self._output_pool = OutputPool()
         self._packed_weights: dict = {}  # Note [Packed conv weights]: per weight and input shape, for this module's state
@@ -909,7 +913,7 @@ class SparseModule(nn.Module):
             x = x.to(self._dtype)
         if self._engine is None:
             self._engine = Engine(self.graph_module, x, self.tile_size, self.dense_switch, self.fuse_chains,
-                                  self.dense_tail)
+                                  self.dense_tail, self.tail_engine)
             self._full_streams = None
             self.stats = self._engine.dense_stats()
             return self._engine.outputs()

@@ -15,6 +15,7 @@ from .errors import FxSparseError
 from .input_policy import InputPolicy
 from .normalize import GLOBAL_KEY, get_attr_value, insert_gates, normalize
 from .runtime import SparseModule
+from .tail_engines import check_tail_engine
 from .trace import trace_model
 
 
@@ -75,6 +76,7 @@ def transform(
     dtype: torch.dtype | None = None,
     fuse_chains: bool = False,
     dense_tail: bool = True,
+    tail_engine: str = "torch",
     copy_outputs: bool = True,
     gate_test: str = "max",
     leaf_modules: Iterable[type[nn.Module]] = (),
@@ -121,6 +123,11 @@ def transform(
             (everything after a squeeze-excite or pooled branch that is broadcast back onto a map) run
             as one dense graph on the changed streams, their activations not cached (Note [Dense tails],
             fxsparse/tails.py). Same results; False walks them layer by layer like the rest.
+        tail_engine: what runs a dense tail: ``"torch"`` (default, the normalized graph in PyTorch),
+            ``"openvino"`` (OpenVINO's CPU plugin in float32: equal to float rounding, faster on these
+            tails), or ``"openvino-bf16"`` (OpenVINO in bfloat16 where the CPU has it: a bounded error,
+            for the tail only). Needs ``pip install openvino``; float32 models only (Note [Tail engines],
+            fxsparse/tail_engines.py). No effect on a model without a tail.
         copy_outputs: True (default): every call returns tensors of its own, like the dense model (written
             into earlier outputs the caller has let go of, never into one it still holds: Note [Recycled
             outputs]). False: returns the module's output buffers themselves, valid until the next call,
@@ -156,6 +163,10 @@ def transform(
         raise ValueError(f"dense_switch must be a number >= 0 or 'auto', got {dense_switch!r}.")
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}.")
+    check_tail_engine(tail_engine)
+    if tail_engine != "torch" and dtype not in (None, torch.float32):
+        raise ValueError(f"tail_engine={tail_engine!r} runs the float32 graph; got dtype={dtype}. Hint: "
+                         "'openvino-bf16' is the bfloat16 choice for the tail; leave dtype unset with it.")
     was_training = model.training
     model.eval()
     try:
@@ -214,6 +225,7 @@ def transform(
         frame_dtype=frame_dtype,
         fuse_chains=fuse_chains,
         dense_tail=dense_tail,
+        tail_engine=tail_engine,
         copy_outputs=copy_outputs,
     )
     sm.gates = gates

@@ -52,3 +52,10 @@ def moving_object_frames(batch, h, w, frames, seed=0):
             x[b, :, y0 : y0 + size, x0 : x0 + size] = torch.tensor([1.0, 0.2, 0.1]).view(3, 1, 1)
         out.append(x)
     return out
+
+
+def with_blob(x, stream, y0, x0, value=1.0):
+    """A copy of ``x`` with a 3x3 square of stream ``stream`` at (y0, x0) raised by ``value``."""
+    x = x.clone()
+    x[stream, :, y0 : y0 + 3, x0 : x0 + 3] += value
+    return x

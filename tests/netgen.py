@@ -197,3 +197,22 @@ def layer_specs(draw, c: int, h: int, w: int, depth: int):
             h, w = spec["h"], spec["w"]
         specs.append(spec)
     return specs, c, h, w
+
+
+class SqueezeExciteNet(nn.Module):
+    """Two squeeze-excite blocks, a head and an upsampled output: the shape of a MobileNetV3 segmenter."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc3 = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        y = F.hardswish(self.stem(x))
+        y = y * F.hardsigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        z = torch.relu(self.mid(y))
+        z = z * torch.sigmoid(self.fc3(F.adaptive_avg_pool2d(z, 1))) + y
+        return F.interpolate(self.head(z), scale_factor=2, mode="bilinear", align_corners=False)

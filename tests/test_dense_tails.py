@@ -10,46 +10,21 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxsparse
-from conftest import assert_close_scaled
-from netgen import RandomNet, layer_specs
-
-
-class _SqueezeExcite(nn.Module):
-    """Two squeeze-excite blocks, a head and an upsampled output: the shape of a MobileNetV3 segmenter."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
-        self.mid = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.fc3 = nn.Conv2d(8, 8, 1)
-        self.head = nn.Conv2d(8, 5, 1)
-
-    def forward(self, x):
-        y = F.hardswish(self.stem(x))
-        y = y * F.hardsigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
-        z = torch.relu(self.mid(y))
-        z = z * torch.sigmoid(self.fc3(F.adaptive_avg_pool2d(z, 1))) + y
-        return F.interpolate(self.head(z), scale_factor=2, mode="bilinear", align_corners=False)
+from conftest import assert_close_scaled, with_blob
+from netgen import RandomNet, SqueezeExciteNet, layer_specs
 
 
 def _pair(net, **options):
     return fxsparse.transform(net, **options), fxsparse.transform(net, dense_tail=False, **options)
 
 
-def _blob(x, stream, y0, x0, value=1.0):
-    x = x.clone()
-    x[stream, :, y0 : y0 + 3, x0 : x0 + 3] += value
-    return x
-
-
 def test_a_dense_tail_equals_dense_and_the_walk_on_every_kind_of_frame():
     torch.manual_seed(0)
-    net = _SqueezeExcite().eval()
+    net = SqueezeExciteNet().eval()
     tailed, walked = _pair(net)
     x = torch.rand(2, 3, 24, 32)
-    frames = [x, _blob(x, 1, 4, 5), _blob(_blob(x, 1, 12, 5), 0, 10, 20)]  # stream 1 alone, then both
-    frames += [frames[-1], 1.0 - frames[-1], _blob(1.0 - frames[-1], 0, 2, 2)]  # unchanged, full, partial after it
+    frames = [x, with_blob(x, 1, 4, 5), with_blob(with_blob(x, 1, 12, 5), 0, 10, 20)]  # stream 1 alone, then both
+    frames += [frames[-1], 1.0 - frames[-1], with_blob(1.0 - frames[-1], 0, 2, 2)]  # unchanged, full, partial after it
     for i, f in enumerate(frames):
         with torch.no_grad():
             expected = net(f)
@@ -103,22 +78,22 @@ def test_no_tail_for_pooled_heads_or_gated_vectors():
             return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1), 1))
 
     x = torch.rand(1, 3, 16, 16)
-    for net, options in ((Classifier().eval(), {}), (_SqueezeExcite().eval(), {"threshold": {"global": 0.05}})):
+    for net, options in ((Classifier().eval(), {}), (SqueezeExciteNet().eval(), {"threshold": {"global": 0.05}})):
         sm = fxsparse.transform(net, **options)
         sm(x)
         assert sm._engine.tail is None, options  # a pooled head is cheap in the walk; a gate must see its input
-    sm = fxsparse.transform(_SqueezeExcite().eval(), dense_tail=False)
+    sm = fxsparse.transform(SqueezeExciteNet().eval(), dense_tail=False)
     sm(x)
     assert sm._engine.tail is None
 
 
 def test_coverage_and_change_masks_name_the_tail():
     torch.manual_seed(0)
-    net = _SqueezeExcite().eval()
+    net = SqueezeExciteNet().eval()
     sm = fxsparse.transform(net)
     x = torch.rand(2, 3, 24, 32)
     sm(x)
-    sm(_blob(x, 1, 4, 5))
+    sm(with_blob(x, 1, 4, 5))
     tail_names = {s.name for s in sm._engine.tail.steps}
     assert "fc3" in tail_names and "head" in tail_names and "stem" not in tail_names
     report = str(sm.coverage())
@@ -131,7 +106,7 @@ def test_coverage_and_change_masks_name_the_tail():
 
 def test_estimate_with_a_tail_gives_the_walks_cone():
     torch.manual_seed(0)
-    net = _SqueezeExcite().eval()
+    net = SqueezeExciteNet().eval()
     tailed, walked = _pair(net)
     x = torch.rand(2, 3, 24, 32)
     tailed(x), walked(x)

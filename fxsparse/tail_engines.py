@@ -1,0 +1,90 @@
+"""Another dense engine for a dense tail: OpenVINO.
+
+Note [Tail engines]: a dense tail (Note [Dense tails]) is one dense graph with a few inputs, run whole
+whenever its inputs changed: the one place where fxsparse's work is exactly a dense model's, so the fastest
+dense engine can run it. ``transform(tail_engine="openvino")`` exports the tail's graph (weights bound as
+constants) through ONNX and compiles it with OpenVINO's CPU plugin in float32: the same values as PyTorch to
+float rounding. ``"openvino-bf16"`` lets OpenVINO compute in bfloat16 where the CPU has it (AMX /
+AVX512-BF16; its default there): a bounded-error mode, like ``transform(dtype=torch.bfloat16)``, for the tail
+only (the layers before it stay exact float32). Measured on DeepLabV3's, LR-ASPP's and MobileNetV3's tails at
+576x768 (docs/performance.md, "Ninth session"): OpenVINO f32 0.79-0.89x of PyTorch's time, bf16 0.39-0.58x;
+ONNX Runtime was no faster than PyTorch, and torch.compile neither.
+
+The tail may run on some of the streams (those whose inputs changed): a model is compiled per batch size, on
+first use. Inputs are handed over as NCHW copies of the caches; outputs come back as arrays OpenVINO does not
+reuse, which the engine copies into its caches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import warnings
+
+import torch
+from torch import nn
+
+TAIL_ENGINES = {"torch": None, "openvino": "f32", "openvino-bf16": "bf16"}  # name -> OpenVINO precision
+
+
+def check_tail_engine(name: str) -> None:
+    """Raise a clear error for an unknown engine or a missing package (at ``transform`` time)."""
+    if name not in TAIL_ENGINES:
+        raise ValueError(f"tail_engine={name!r}: expected one of {sorted(TAIL_ENGINES)}")
+    missing = [p for p in ("openvino", "onnx") if TAIL_ENGINES[name] and importlib.util.find_spec(p) is None]
+    if missing:  # onnx: torch's exporter writes the tail's graph with it
+        raise ImportError(f"tail_engine={name!r} needs {' and '.join(missing)}. Hint: pip install 'fxsparse[openvino]'")
+
+
+class _Bound(nn.Module):
+    """The tail's module with its constant inputs bound: what the export sees takes the varying inputs only."""
+
+    def __init__(self, module, args: list, varying: list[int]):
+        super().__init__()
+        self.module, self.args, self.varying = module, args, varying
+
+    def forward(self, *xs):
+        args = list(self.args)
+        for i, x in zip(self.varying, xs):
+            args[i] = x
+        return self.module(*args)
+
+
+class OpenVinoTail:
+    """Runs ``tail.module`` (called with every input, as the engine calls it) through OpenVINO."""
+
+    def __init__(self, tail, kinds: dict, args: list, precision: str):
+        import openvino
+
+        self.varying = [i for i, node in enumerate(tail.inputs) if kinds[node] != "const"]
+        example = tuple(args[i].contiguous() for i in self.varying)
+        names = [f"x{k}" for k in range(len(example))]
+        self._path = os.path.join(tempfile.mkdtemp(prefix="fxsparse-tail-"), "tail.onnx")
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+            torch.onnx.export(_Bound(tail.module, list(args), self.varying), example, self._path, dynamo=False,
+                              opset_version=17, input_names=names,
+                              dynamic_axes={name: {0: "streams"} for name in names})
+        self._core = openvino.Core()
+        self._config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self._compiled = {}  # batch size -> compiled model
+
+    def _model(self, batch: int):
+        compiled = self._compiled.get(batch)
+        if compiled is None:
+            model = self._core.read_model(self._path)
+            model.reshape({i: [batch, *p.get_partial_shape()[1:]] for i, p in enumerate(model.inputs)})
+            compiled = self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
+        return compiled
+
+    def __call__(self, *args):
+        inputs = [args[i].contiguous().numpy() for i in self.varying]  # NCHW, as exported
+        results = self._model(inputs[0].shape[0])(inputs, share_inputs=True)
+        return tuple(torch.from_numpy(results[k]) for k in range(len(results)))
+
+
+def compile_tail(tail, kinds: dict, args: list, name: str):
+    """A callable running ``tail`` (Note [Tail engines]) like ``tail.module``; ``args``: its current inputs."""
+    precision = TAIL_ENGINES[name]
+    return tail.module if precision is None else OpenVinoTail(tail, kinds, args, precision)
