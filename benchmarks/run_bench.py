@@ -57,6 +57,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute dtype of fxsparse and of the torch eager baseline (transform(dtype=...))")
     p.add_argument("--fuse-chains", action="store_true", help="transform(fuse_chains=True): conv blocks as one unit")
+    p.add_argument("--tail-engine", choices=["torch", "openvino", "openvino-bf16"], default="torch",
+                   help="transform(tail_engine=...): what runs a dense tail (Note [Tail engines])")
     p.add_argument("--uint8", action="store_true",
                    help="feed uint8 frames to nn.Sequential(fxsparse.PixelNormalize(), model), dense and sparse alike "
                         "(Note [Integer frames]); --input-threshold is then in pixel units as given")
@@ -82,6 +84,8 @@ def main(argv=None):
         kwargs = dict(dense_switch=switch, engines=engines, input_threshold=threshold, **policy)
         if args.fuse_chains:
             kwargs["fuse_chains"] = True
+        if args.tail_engine != "torch":
+            kwargs["tail_engine"] = args.tail_engine
         if args.dtype != "float32":
             kwargs["dtype"] = getattr(torch, args.dtype)
         if args.scene == "cdnet":
@@ -95,7 +99,8 @@ def main(argv=None):
             continue
         for frac in (float(f) for f in args.fractions.split(",")):
             frames = [pixels(f) for f in synthetic_frames(h, w, frac, args.frames + 1)]
-            label = f"synthetic {frac:.0%}" + (", uint8" if args.uint8 else "")
+            label = f"synthetic {frac:.0%}" + (", uint8" if args.uint8 else "") + \
+                (f", tail {args.tail_engine}" if args.tail_engine != "torch" else "")
             row = bench_scene(model, name, frames, label, **kwargs)
             rows.append(row)
             print(markdown_table([row]).splitlines()[-1], flush=True)

@@ -17,6 +17,7 @@ from torch import nn
 
 from .normalize import normalize
 from .scenes import moving_objects
+from .tail_engines import TAIL_ENGINES
 from .trace import trace_model
 from .transform import transform
 
@@ -149,6 +150,8 @@ def bench_scene(model: nn.Module, model_name: str, frames: list[torch.Tensor], s
     model = model.eval()
     dtype = transform_kwargs.get("dtype")
     precision = _short_precision(str(dtype)) if dtype is not None else "f32"
+    if TAIL_ENGINES.get(transform_kwargs.get("tail_engine", "torch")) == "bf16":
+        precision = "bf16"  # a bfloat16 tail (Note [Tail engines]): compared with the bfloat16 engines
     dense_name, dense = dense_name_fn or best_dense(model, frames[0], dtype=dtype)
     engines = engines or {}
     sm = transform(model, **transform_kwargs)
