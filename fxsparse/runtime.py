@@ -601,17 +601,7 @@ class Engine:
         streams = self._tail_streams = [i for i, c in enumerate(changed) if c]
         if streams and execute:
             index = None if len(streams) == b else torch.tensor(streams, dtype=torch.long)
-            values = self._tail_run(*[self.resolve(node, index) for node in tail.inputs])
-            for node, value in zip(tail.kept, values):
-                if self.kinds[node] == "rows":
-                    if index is None:
-                        self.values[node].copy_(value)
-                    else:
-                        self.values[node][index] = value
-                elif index is None:
-                    self.values[node].adopt(value)  # channels-last: taken as the cache, no copy
-                else:
-                    self.values[node].write_streams(index, value)
+            self._store_tail(self._tail_run(*[self.resolve(node, index) for node in tail.inputs]), index)
         for node in tail.kept:
             self.masks[node] = self._tail_mask(node, streams)
             step = self._step_of[node]
@@ -625,6 +615,19 @@ class Engine:
             cone = per_position * positions * len(streams) // b
             layers[step.node] = LayerStats(step.name, step.op, share, per_position * positions, cone,
                                            cone if execute else 0)
+
+    def _store_tail(self, values, index: torch.Tensor | None) -> None:
+        """Write the tail's results (of the streams ``index``, all when None) into the caches it keeps."""
+        for node, value in zip(self.tail.kept, values):
+            if self.kinds[node] == "rows":
+                if index is None:
+                    self.values[node].copy_(value)
+                else:
+                    self.values[node][index] = value
+            elif index is None:
+                self.values[node].adopt(value)  # channels-last: taken as the cache, no copy
+            else:
+                self.values[node].write_streams(index, value)
 
     def _tail_mask(self, node: fx.Node, streams: list[int]) -> torch.Tensor:
         """A tail node's change mask: ones in ``streams``, zeros elsewhere (``[B, 1, H, W]`` or ``[B, 1]``)."""
@@ -667,6 +670,8 @@ class Engine:
                 current.copy_(value)
             else:
                 self.values[node] = value
+        if self.tail is not None:  # Note [Tail engines]: the tail's own engine runs it in dense frames too
+            self._store_tail(self._tail_run(*[self.resolve(node) for node in self.tail.inputs]), None)
         self._stale_mirrors = set(self._mirrors)  # refreshed whole, in the same buffers (no page faults)
         self._stale_rows = set()
         for step in self._direct.values():
@@ -681,9 +686,10 @@ class Engine:
         return self.dense_stats(shares)
 
     def _all_values_module(self):
-        """(nodes, a module returning their values): every node with a cache (built once)."""
+        """(nodes, a module returning their values): every node with a cache outside the dense tail (built once)."""
         if self._capture_module is None:
-            nodes = [n for n in self.gm.graph.nodes if n.op not in ("placeholder", "output")
+            tail = self.tail.nodes if self.tail is not None else set()
+            nodes = [n for n in self.gm.graph.nodes if n.op not in ("placeholder", "output") and n not in tail
                      and self.kinds[n] != "const" and self.values[n] is not None and n not in self._direct]
             self._capture_module = (nodes, _graph_returning(self.gm, nodes))  # direct outputs: run after it
         return self._capture_module
