@@ -33,19 +33,26 @@ def main(ctx, debug):
 
 
 def _precision_options(command):
-    """--dtype and --fuse-chains: transform options a user may want from the command line."""
+    """--dtype, --fuse-chains and --tail-engine: transform options a user may want from the command line."""
+    command = click.option("--tail-engine", type=click.Choice(["torch", "openvino", "openvino-bf16"]), default="torch",
+                           show_default=True,
+                           help="What runs the layers a global mean makes change everywhere (squeeze-excite, pooled "
+                                "branches): openvino needs pip install 'fxsparse[openvino]'; openvino-bf16 is not exact."
+                           )(command)
     command = click.option("--fuse-chains", is_flag=True,
                            help="Run conv blocks as one unit; no cache for their inner activations (less memory).")(command)
     return click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
                         help="Compute dtype; bfloat16 is fast on CPUs with AMX / AVX512-BF16, not exact.")(command)
 
 
-def _transform_options(dtype: str, fuse_chains: bool) -> dict:
+def _transform_options(dtype: str, fuse_chains: bool, tail_engine: str = "torch") -> dict:
     import torch
 
     options = {"fuse_chains": True} if fuse_chains else {}
     if dtype != "float32":
         options["dtype"] = getattr(torch, dtype)
+    if tail_engine != "torch":
+        options["tail_engine"] = tail_engine
     return options
 
 
@@ -181,7 +188,7 @@ def analyze(ctx, source, spec, weights, thresholds, clean_up, size, limit, fps, 
 @_precision_options
 @click.pass_context
 def run(ctx, source, spec, weights, mode, threshold, clean_up, size, limit, out_video, json_path, compare_dense, fps,
-        watts_per_core, dtype, fuse_chains):
+        watts_per_core, dtype, fuse_chains, tail_engine):
     """Run a model over SOURCE sparsely; write an overlay video, per-frame JSON and a summary."""
     import json as _json
     import os
@@ -213,7 +220,7 @@ def run(ctx, source, spec, weights, mode, threshold, clean_up, size, limit, out_
         with VideoWriter(out_video, fps=rate) as writer, open(jpath, "w") as jsonl:
             summary = run_frames(frames, model, mode=mode, threshold=threshold, compare_dense=compare_dense,
                                  writer=writer, jsonl=jsonl, fps=rate, watts_per_core=watts_per_core, on_frame=live,
-                                 transform_options=_transform_options(dtype, fuse_chains), clean_up=clean_up)
+                                 transform_options=_transform_options(dtype, fuse_chains, tail_engine), clean_up=clean_up)
         bar.close()
         result = summary.as_dict()
         with open(os.path.splitext(out_video)[0] + ".summary.json", "w") as f:
@@ -243,7 +250,7 @@ def run(ctx, source, spec, weights, mode, threshold, clean_up, size, limit, out_
 @click.option("--out", "out_path", default=None, help="Write the rows as JSON here.")
 @_precision_options
 @click.pass_context
-def bench(ctx, spec, weights, size, fractions, frames, out_path, dtype, fuse_chains):
+def bench(ctx, spec, weights, size, fractions, frames, out_path, dtype, fuse_chains, tail_engine):
     """Sparse vs the fastest dense eager setup on synthetic moving-object scenes (same process)."""
     import json as _json
 
@@ -257,7 +264,7 @@ def bench(ctx, spec, weights, size, fractions, frames, out_path, dtype, fuse_cha
             if not 0 < frac <= 1:
                 raise click.BadParameter("--fractions must lie in (0, 1]")
             rows.append(bench_scene(model, spec, synthetic_frames(h, w, frac, frames + 1), f"synthetic {frac:.0%}",
-                                    **_transform_options(dtype, fuse_chains)))
+                                    **_transform_options(dtype, fuse_chains, tail_engine)))
             click.echo(markdown_table(rows[-1:]).splitlines()[-1])
         click.echo(markdown_table(rows))
         if out_path:
@@ -271,7 +278,7 @@ def _guarded(ctx, work):
     """One-line errors (with the fix) and a non-zero exit; full traceback only with --debug."""
     try:
         work()
-    except (FxSparseError, click.BadParameter, OSError, ValueError) as e:
+    except (FxSparseError, click.BadParameter, OSError, ValueError, ImportError) as e:  # ImportError: an extra is missing
         if ctx.obj.get("debug"):
             raise
         click.echo(f"error: {e}", err=True)

@@ -244,3 +244,38 @@ def test_torchvision_model_on_cdnet_analyze_and_run(tmp_path):
     assert _decoded_frames(str(video)) == 4
     records = [json.loads(line) for line in (tmp_path / "seg.jsonl").read_text().splitlines()]
     assert max(rec["max_rel_error"] for rec in records) < 1e-4 and all(rec["argmax_agree"] == 1.0 for rec in records)
+
+
+def test_run_with_an_openvino_tail(clip, tmp_path, monkeypatch):
+    """--tail-engine openvino: a squeeze-excite model's tail on OpenVINO, exact to float rounding; without
+    OpenVINO installed the command says what to install instead of a traceback."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    model = tmp_path / "se.py"
+    model.write_text(
+        "import torch\n"
+        "class SE(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.fc, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1), "
+        "torch.nn.Conv2d(8, 3, 3, padding=1)\n"
+        "    def forward(self, x):\n"
+        "        y = torch.relu(self.a(x))\n"
+        "        return self.b(y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True))))\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return SE()\n"
+    )
+    video = tmp_path / "out.mp4"
+    result = CliRunner().invoke(main, ["run", clip, "--model", f"{model}:build", "--tail-engine", "openvino",
+                                       "--compare-dense", "--out", str(video)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and max(r["max_rel_error"] for r in records) < 1e-4
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    result = CliRunner().invoke(main, ["run", clip, "--model", f"{model}:build", "--tail-engine", "openvino",
+                                       "--out", str(tmp_path / "again.mp4")])
+    assert result.exit_code == 2 and "pip install 'fxsparse[openvino]'" in result.output
