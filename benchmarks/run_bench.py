@@ -57,7 +57,7 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute dtype of fxsparse and of the torch eager baseline (transform(dtype=...))")
     p.add_argument("--fuse-chains", action="store_true", help="transform(fuse_chains=True): conv blocks as one unit")
-    p.add_argument("--tail-engine", choices=["torch", "openvino", "openvino-bf16"], default="torch",
+    p.add_argument("--tail-engine", choices=["torch", "auto", "openvino", "openvino-bf16"], default="torch",
                    help="transform(tail_engine=...): what runs a dense tail (Note [Tail engines])")
     p.add_argument("--uint8", action="store_true",
                    help="feed uint8 frames to nn.Sequential(fxsparse.PixelNormalize(), model), dense and sparse alike "

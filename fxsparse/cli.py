@@ -34,11 +34,11 @@ def main(ctx, debug):
 
 def _precision_options(command):
     """--dtype, --fuse-chains and --tail-engine: transform options a user may want from the command line."""
-    command = click.option("--tail-engine", type=click.Choice(["torch", "openvino", "openvino-bf16"]), default="torch",
-                           show_default=True,
+    engines = click.Choice(["torch", "auto", "openvino", "openvino-bf16"])
+    command = click.option("--tail-engine", type=engines, default="torch", show_default=True,
                            help="What runs the layers a global mean makes change everywhere (squeeze-excite, pooled "
-                                "branches): openvino needs pip install 'fxsparse[openvino]'; openvino-bf16 is not exact."
-                           )(command)
+                                "branches): auto times torch and openvino (float32) and keeps the faster; openvino "
+                                "needs pip install 'fxsparse[openvino]'; openvino-bf16 is not exact.")(command)
     command = click.option("--fuse-chains", is_flag=True,
                            help="Run conv blocks as one unit; no cache for their inner activations (less memory).")(command)
     return click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,

@@ -10,6 +10,12 @@ only (the layers before it stay exact float32). Measured on DeepLabV3's, LR-ASPP
 576x768 (docs/performance.md, "Ninth session"): OpenVINO f32 0.79-0.89x of PyTorch's time, bf16 0.39-0.58x;
 ONNX Runtime was no faster than PyTorch, and torch.compile neither.
 
+The fastest engine depends on the model and the size: OpenVINO's float32 tail of DeepLabV3 was 0.89x of
+PyTorch's time at 576x768 and slower at 720x1280 (316.8 vs 261.5 ms per frame, two runs). ``"auto"`` therefore
+measures: it times PyTorch's graph and OpenVINO's float32 compilation (where installed) on the first frame's
+inputs (medians of 3 after a warm-up) and keeps the faster; exact either way. ``coverage()`` names the choice
+and the times.
+
 The tail may run on some of the streams (those whose inputs changed): a model is compiled per batch size, on
 first use. Inputs are handed over as NCHW copies of the caches; outputs come back as arrays OpenVINO does not
 reuse, which the engine copies into its caches.
@@ -25,7 +31,10 @@ import warnings
 import torch
 from torch import nn
 
-TAIL_ENGINES = {"torch": None, "openvino": "f32", "openvino-bf16": "bf16"}  # name -> OpenVINO precision
+from .timing import median_seconds
+
+# name -> OpenVINO precision ("auto": PyTorch or OpenVINO f32, whichever measured faster)
+TAIL_ENGINES = {"torch": None, "openvino": "f32", "openvino-bf16": "bf16", "auto": None}
 
 
 def check_tail_engine(name: str) -> None:
@@ -84,7 +93,21 @@ class OpenVinoTail:
         return tuple(torch.from_numpy(results[k]) for k in range(len(results)))
 
 
-def compile_tail(tail, kinds: dict, args: list, name: str):
-    """A callable running ``tail`` (Note [Tail engines]) like ``tail.module``; ``args``: its current inputs."""
+def _openvino_installed() -> bool:
+    return all(importlib.util.find_spec(p) is not None for p in ("openvino", "onnx"))
+
+
+def compile_tail(tail, kinds: dict, args: list, name: str) -> tuple:
+    """(a callable running ``tail`` like ``tail.module``, the engine chosen, {engine: measured seconds} or None)
+    (Note [Tail engines]); ``args``: the tail's current inputs, which ``"auto"`` times the candidates on."""
+    if name == "auto":
+        candidates = {"torch": tail.module}
+        if _openvino_installed():
+            candidates["openvino"] = OpenVinoTail(tail, kinds, args, "f32")
+        if len(candidates) == 1:
+            return tail.module, "torch", None
+        times = {engine: median_seconds(lambda run=run: run(*args)) for engine, run in candidates.items()}
+        chosen = min(times, key=times.get)
+        return candidates[chosen], chosen, times
     precision = TAIL_ENGINES[name]
-    return tail.module if precision is None else OpenVinoTail(tail, kinds, args, precision)
+    return (tail.module if precision is None else OpenVinoTail(tail, kinds, args, precision)), name, None

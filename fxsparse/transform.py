@@ -126,8 +126,10 @@ def transform(
         tail_engine: what runs a dense tail: ``"torch"`` (default, the normalized graph in PyTorch),
             ``"openvino"`` (OpenVINO's CPU plugin in float32: equal to float rounding, faster on these
             tails), or ``"openvino-bf16"`` (OpenVINO in bfloat16 where the CPU has it: a bounded error,
-            for the tail only). Needs ``pip install openvino``; float32 models only (Note [Tail engines],
-            fxsparse/tail_engines.py). No effect on a model without a tail.
+            for the tail only), or ``"auto"``: PyTorch or OpenVINO in float32, whichever ran the tail faster
+            on the first frame (PyTorch where OpenVINO is not installed; the choice and times are in
+            ``coverage()``). OpenVINO needs ``pip install 'fxsparse[openvino]'`` and a float32 model (Note [Tail
+            engines], fxsparse/tail_engines.py). No effect on a model without a tail.
         copy_outputs: True (default): every call returns tensors of its own, like the dense model (written
             into earlier outputs the caller has let go of, never into one it still holds: Note [Recycled
             outputs]). False: returns the module's output buffers themselves, valid until the next call,
@@ -164,9 +166,11 @@ def transform(
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}.")
     check_tail_engine(tail_engine)
-    if tail_engine != "torch" and dtype not in (None, torch.float32):
+    if tail_engine.startswith("openvino") and dtype not in (None, torch.float32):
         raise ValueError(f"tail_engine={tail_engine!r} runs the float32 graph; got dtype={dtype}. Hint: "
                          "'openvino-bf16' is the bfloat16 choice for the tail; leave dtype unset with it.")
+    if dtype not in (None, torch.float32):
+        tail_engine = "torch"  # "auto" chooses among float32 engines only
     was_training = model.training
     model.eval()
     try:

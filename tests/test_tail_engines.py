@@ -71,3 +71,27 @@ def test_tail_engine_choices_are_checked(monkeypatch):
     sm(x)
     with torch.no_grad():
         assert_close_scaled(sm(with_blob(x, 0, 2, 2)), plain(with_blob(x, 0, 2, 2)))
+
+
+def test_auto_keeps_the_faster_of_torch_and_openvino(monkeypatch):
+    torch.manual_seed(0)
+    net = SqueezeExciteNet().eval()
+    sm = fxsparse.transform(net, tail_engine="auto")
+    frames = _frames(torch.rand(2, 3, 24, 32))
+    for i, f in enumerate(frames[:3]):
+        with torch.no_grad():
+            assert_close_scaled(sm(f), net(f), f"frame {i}")
+    engine = sm._engine
+    times = engine.tail_engine_times
+    assert sorted(times) == ["openvino", "torch"] and engine.tail_engine == min(times, key=times.get)
+    assert f"on {engine.tail_engine} (measured: " in str(sm.coverage())
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    sm = fxsparse.transform(net, tail_engine="auto")  # without OpenVINO: PyTorch, nothing measured
+    sm(frames[0])
+    assert sm._engine.tail_engine == "torch" and sm._engine.tail_engine_times is None
+    sm = fxsparse.transform(net, tail_engine="auto", dtype=torch.bfloat16)  # bfloat16: PyTorch's graph
+    sm(frames[0])
+    assert sm._engine.tail_engine == "torch"
