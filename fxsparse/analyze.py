@@ -239,7 +239,8 @@ def _html(result, summary, plots, source) -> str:
         model_note += (f"<p>{result.dense_tail['share_of_dense_macs']:.0%} of the model's multiply-adds lie after "
                        f"<code>{html.escape(result.dense_tail['after'])}</code>, a global mean broadcast back onto "
                        "the map (squeeze-excite, a pooled branch): in exact mode they change everywhere whenever "
-                       "anything changed, and are recomputed whole. Gating the pooled vectors "
+                       "anything changed, and are recomputed whole (<code>tail_engine=\"auto\"</code> runs them on "
+                       "the faster of PyTorch and OpenVINO). Gating the pooled vectors "
                        "(<code>threshold={\"global\": t}</code>, docs/thresholds.md) keeps them sparse, within a "
                        "measured error.</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>fxsparse analysis</title>

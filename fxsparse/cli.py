@@ -164,7 +164,8 @@ def analyze(ctx, source, spec, weights, thresholds, clean_up, size, limit, fps, 
         if result.dense_tail:  # Note [Dense tails]: why the cone-ideal stays low for squeeze-excite models
             click.echo(f"{result.dense_tail['share_of_dense_macs']:.0%} of the model's work lies after "
                        f"{result.dense_tail['after']} (a global mean): in exact mode it is recomputed on every "
-                       "changed frame; layer thresholds on pooled vectors (threshold={'global': t}) keep it sparse")
+                       "changed frame (run --tail-engine auto puts it on the faster of torch and OpenVINO); layer "
+                       "thresholds on pooled vectors (threshold={'global': t}) keep it sparse")
         click.echo(f"report: {path}")
 
     _guarded(ctx, work)
