@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -75,20 +76,25 @@ class OpenVinoTail:
         self.nhwc = {k for k, i in enumerate(self.varying) if kinds[tail.inputs[i]] == "spatial"}
         example = tuple(self._as_passed(k, args[i]) for k, i in enumerate(self.varying))
         names = [f"x{k}" for k in range(len(example))]
-        self._path = os.path.join(tempfile.mkdtemp(prefix="fxsparse-tail-"), "tail.onnx")
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
-            torch.onnx.export(_Bound(tail.module, list(args), self.varying, self.nhwc), example, self._path, dynamo=False,
-                              opset_version=17, input_names=names,
-                              dynamic_axes={name: {0: "streams"} for name in names})
         self._core = openvino.Core()
+        folder = tempfile.mkdtemp(prefix="fxsparse-tail-")
+        try:
+            path = os.path.join(folder, "tail.onnx")
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+                torch.onnx.export(_Bound(tail.module, list(args), self.varying, self.nhwc), example, path,
+                                  dynamo=False, opset_version=17, input_names=names,
+                                  dynamic_axes={name: {0: "streams"} for name in names})
+            self._graph = self._core.read_model(path)  # held in memory: the file goes
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         self._config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         self._compiled = {}  # batch size -> compiled model
 
     def _model(self, batch: int):
         compiled = self._compiled.get(batch)
         if compiled is None:
-            model = self._core.read_model(self._path)
+            model = self._graph.clone()
             model.reshape({i: [batch, *p.get_partial_shape()[1:]] for i, p in enumerate(model.inputs)})
             compiled = self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
         return compiled

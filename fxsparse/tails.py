@@ -56,7 +56,7 @@ def find_tail(gm: fx.GraphModule, steps: list, kinds: dict, direct: dict, output
         members.append(step)
     if not any(s.kind == "spatial" and s.shape is not None and s.shape[2] * s.shape[3] > 1 for s in members):
         return None  # nothing broadcast back onto a map: a pooled head, cheap in the walk
-    after, kept = [], []
+    kept = []
     for step in members:
         outside = [u for u in step.node.users if u not in nodes and kinds.get(u) != "const"]  # not shape reads
         if any(u is not output_node and u not in direct for u in outside):
