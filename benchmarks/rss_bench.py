@@ -3,6 +3,7 @@
     python benchmarks/rss_bench.py --model resnet50 --size 576x768
     python benchmarks/rss_bench.py --model mobilenet_v2 --fuse-chains   # transform(fuse_chains=True)
     python benchmarks/rss_bench.py --model lraspp_mobilenet_v3_large     # segmentation models too
+    python benchmarks/rss_bench.py --model lraspp_mobilenet_v3_large --tail-engine openvino
 
 Peak RSS (``ru_maxrss``) is per process, so each side runs alone in a fresh interpreter; the numbers
 include Python, torch and the model weights. The RSS after the last frame (``/proc/self/statm``, Linux)
@@ -34,7 +35,8 @@ with torch.inference_mode():
     if mode == "dense":
         _, run = best_dense(model, clip[0])
     else:
-        run = fxsparse.transform(model, fuse_chains=mode == "sparse-chains")
+        run = fxsparse.transform(model, fuse_chains=mode.startswith("sparse-chains"),
+                                 tail_engine=mode.split(":", 1)[1] if ":" in mode else "torch")
     for x in clip:
         run(x)
 cache = run.stats.cache_bytes if mode != "dense" else 0
@@ -60,8 +62,10 @@ def main(argv=None):
     p.add_argument("--changed", type=float, default=0.01)
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--fuse-chains", action="store_true", help="fxsparse with fuse_chains=True")
+    p.add_argument("--tail-engine", default="torch", help="fxsparse with tail_engine=... (Note [Tail engines])")
     args = p.parse_args(argv)
-    dense, sparse = measure("dense", args), measure("sparse-chains" if args.fuse_chains else "sparse", args)
+    mode = "sparse-chains" if args.fuse_chains else "sparse"
+    dense, sparse = measure("dense", args), measure(f"{mode}:{args.tail_engine}", args)
     print(f"{args.model} {args.size}: peak RSS dense {dense['peak_rss_mib']:.0f} MiB, fxsparse "
           f"{sparse['peak_rss_mib']:.0f} MiB (ratio {sparse['peak_rss_mib'] / dense['peak_rss_mib']:.2f}); "
           f"cache {sparse['cache_mib']:.0f} MiB; process before the model ran: {dense['rss_before_mib']:.0f} MiB; "
