@@ -73,10 +73,9 @@ def dense_engines(model: nn.Module, frame: torch.Tensor) -> dict:
     in: OpenVINO's default on CPUs with AMX / AVX512-BF16 is bfloat16 (0.5% max relative error on
     resnet50), so it is timed twice, forced to f32 and at its default."""
     import os
+    import shutil
     import tempfile
-    import warnings
 
-    engines = {}
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -86,8 +85,19 @@ def dense_engines(model: nn.Module, frame: torch.Tensor) -> dict:
     except ImportError:
         openvino = None
     if onnxruntime is None and openvino is None:
-        return engines
-    path = os.path.join(tempfile.mkdtemp(prefix="fxsparse-bench-"), "model.onnx")
+        return {}
+    folder = tempfile.mkdtemp(prefix="fxsparse-bench-")
+    try:
+        return _engines_from_onnx(model, frame, os.path.join(folder, "model.onnx"), onnxruntime, openvino)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the engines hold the model in memory
+
+
+def _engines_from_onnx(model, frame, path, onnxruntime, openvino) -> dict:
+    """The engines of :func:`dense_engines`, from ``model`` exported to ``path``."""
+    import warnings
+
+    engines = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (frame,), path, dynamo=False, opset_version=17, input_names=["x"])

@@ -166,3 +166,25 @@ def test_median_rows_take_each_timing_and_ratio_across_processes():
     assert second.scene == "synthetic 5%" and second.speedup == 3.0  # the per-process ratios' median
     with pytest.raises(ValueError, match="different scenes"):
         median_rows([[row(1.0, 1.0)], [row(1.0, 1.0, "other")]])
+
+
+def test_dense_engines_reproduce_the_model_and_leave_no_files(tmp_path, monkeypatch):
+    """The benchmark's other engines (ONNX Runtime, OpenVINO, whichever is installed) compute the model's output
+    (float32 ones to float rounding), and the ONNX file they were built from is gone afterwards."""
+    pytest.importorskip("onnx")
+    from fxsparse.bench import dense_engines
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.rand(1, 3, 16, 16)
+    engines = dense_engines(net, x)
+    if not engines:
+        pytest.skip("neither ONNX Runtime nor OpenVINO installed")
+    with torch.no_grad():
+        expected = net(x)
+    for name, run in engines.items():
+        out = torch.from_numpy(run(x)[0])
+        tolerance = 1e-5 if name.endswith("f32") else 2e-2  # OpenVINO's bfloat16 default where the CPU has it
+        assert float((out - expected).abs().max()) <= tolerance * float(expected.abs().max()), name
+    assert list(tmp_path.iterdir()) == []
