@@ -184,6 +184,7 @@ class Engine:
         self._direct = {step.node: step for step in self.steps if self._is_direct_output(step)}
         self._stale_rows: set[fx.Node] = set()  # direct outputs whose mirror is newer than their rows
         self._tail_masks: dict[tuple, torch.Tensor] = {}  # (node, changed) -> an all-ones / all-zeros mask
+        self._tail_layers: dict[tuple, list] = {}  # (changed streams, executed) -> the tail's LayerStats
         self.tail = tails.find_tail(gm, self.steps, self.kinds, self._direct, self.output_node) if dense_tail else None
         if self.tail is not None and any(self.values[i] is None for i in self.tail.inputs):
             self.tail = None  # it would read a chain's inner value, which is never cached
@@ -601,7 +602,7 @@ class Engine:
         streams = self._tail_streams = [i for i, c in enumerate(changed) if c]
         if streams and execute:
             index = None if len(streams) == b else torch.tensor(streams, dtype=torch.long)
-            self._store_tail(self._tail_run(*[self.resolve(node, index) for node in tail.inputs]), index)
+            self._store(tail.kept, self._tail_run(*[self.resolve(node, index) for node in tail.inputs]), index)
         for node in tail.kept:
             self.masks[node] = self._tail_mask(node, streams)
             step = self._step_of[node]
@@ -609,25 +610,31 @@ class Engine:
             self._counts[node] = [per_stream if c else 0 for c in changed]
             if step.kind == "spatial":
                 self._boxes[node] = (0, step.shape[2], 0, step.shape[3]) if streams else None
-        share = len(streams) / b
-        for step in tail.steps:
-            positions, per_position = self._positions_of(step), step.macs_per_position
-            cone = per_position * positions * len(streams) // b
-            layers[step.node] = LayerStats(step.name, step.op, share, per_position * positions, cone,
-                                           cone if execute else 0)
+        key = (len(streams), execute)  # the tail's stats depend on nothing else: built once per kind of frame
+        if key not in self._tail_layers:
+            share = len(streams) / b
+            self._tail_layers[key] = [
+                LayerStats(step.name, step.op, share, dense, dense * len(streams) // b,
+                           dense * len(streams) // b if execute else 0)
+                for step, dense in ((s, s.macs_per_position * self._positions_of(s)) for s in tail.steps)]
+        layers.update(zip((step.node for step in tail.steps), self._tail_layers[key]))
 
-    def _store_tail(self, values, index: torch.Tensor | None) -> None:
-        """Write the tail's results (of the streams ``index``, all when None) into the caches it keeps."""
-        for node, value in zip(self.tail.kept, values):
-            if self.kinds[node] == "rows":
+    def _store(self, nodes, values, index: torch.Tensor | None = None) -> None:
+        """Take the values a dense pass or the tail computed for ``nodes`` (of the streams ``index``, all when
+        None) as their caches: a channels-last map whole is adopted without a copy."""
+        for node, value in zip(nodes, values):
+            kind, current = self.kinds[node], self.values[node]
+            if kind == "spatial" and index is None:
+                current.adopt(value)
+            elif kind == "spatial":
+                current.write_streams(index, value)
+            elif kind == "rows":
                 if index is None:
-                    self.values[node].copy_(value)
+                    current.copy_(value)
                 else:
-                    self.values[node][index] = value
-            elif index is None:
-                self.values[node].adopt(value)  # channels-last: taken as the cache, no copy
+                    current[index] = value
             else:
-                self.values[node].write_streams(index, value)
+                self.values[node] = value
 
     def _tail_mask(self, node: fx.Node, streams: list[int]) -> torch.Tensor:
         """A tail node's change mask: ones in ``streams``, zeros elsewhere (``[B, 1, H, W]`` or ``[B, 1]``)."""
@@ -662,16 +669,9 @@ class Engine:
         nodes, module = self._all_values_module()
         # the reference as channels-last rows: oneDNN then returns channels-last activations, which the
         # caches adopt without a copy (from NCHW, converting every activation cost PNet ~20% of the pass)
-        for node, value in zip(nodes, module(self.values[self.placeholder].view())):
-            kind, current = self.kinds[node], self.values[node]
-            if kind == "spatial":
-                current.adopt(value)
-            elif kind == "rows":
-                current.copy_(value)
-            else:
-                self.values[node] = value
+        self._store(nodes, module(self.values[self.placeholder].view()))
         if self.tail is not None:  # Note [Tail engines]: the tail's own engine runs it in dense frames too
-            self._store_tail(self._tail_run(*[self.resolve(node) for node in self.tail.inputs]), None)
+            self._store(self.tail.kept, self._tail_run(*[self.resolve(node) for node in self.tail.inputs]))
         self._stale_mirrors = set(self._mirrors)  # refreshed whole, in the same buffers (no page faults)
         self._stale_rows = set()
         for step in self._direct.values():

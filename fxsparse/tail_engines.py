@@ -45,8 +45,8 @@ def check_tail_engine(name: str) -> None:
     """Raise a clear error for an unknown engine or a missing package (at ``transform`` time)."""
     if name not in TAIL_ENGINES:
         raise ValueError(f"tail_engine={name!r}: expected one of {sorted(TAIL_ENGINES)}")
-    missing = [p for p in ("openvino", "onnx") if TAIL_ENGINES[name] and importlib.util.find_spec(p) is None]
-    if missing:  # onnx: torch's exporter writes the tail's graph with it
+    missing = _missing_packages() if TAIL_ENGINES[name] else []
+    if missing:
         raise ImportError(f"tail_engine={name!r} needs {' and '.join(missing)}. Hint: pip install 'fxsparse[openvino]'")
 
 
@@ -108,8 +108,9 @@ class OpenVinoTail:
         return tuple(torch.from_numpy(results[k]) for k in range(len(results)))
 
 
-def _openvino_installed() -> bool:
-    return all(importlib.util.find_spec(p) is not None for p in ("openvino", "onnx"))
+def _missing_packages() -> list[str]:
+    """What an OpenVINO tail needs and is not installed (onnx: torch's exporter writes the graph with it)."""
+    return [p for p in ("openvino", "onnx") if importlib.util.find_spec(p) is None]
 
 
 def compile_tail(tail, kinds: dict, args: list, name: str) -> tuple:
@@ -117,7 +118,7 @@ def compile_tail(tail, kinds: dict, args: list, name: str) -> tuple:
     (Note [Tail engines]); ``args``: the tail's current inputs, which ``"auto"`` times the candidates on."""
     if name == "auto":
         candidates = {"torch": tail.module}
-        if _openvino_installed():
+        if not _missing_packages():
             candidates["openvino"] = OpenVinoTail(tail, kinds, args, "f32")
         if len(candidates) == 1:
             return tail.module, "torch", None
